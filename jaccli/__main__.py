@@ -1,0 +1,3 @@
+from jaccli.cli import main
+
+main(prog_name="jac")

@@ -1,0 +1,40 @@
+"""Exceptions whose message is shown to the user, each carrying the exit code of the contract.
+
+Anything else that escapes is a bug in jac and is reported as such by the CLI.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CHECK_FAILED = 1
+    INPUT = 2
+    FUNCTION = 3
+    INTERNAL = 70  # sysexits EX_SOFTWARE: a bug in jac itself
+
+
+class JacError(Exception):
+    """An error meant for the user: ``str(error)`` is one line saying what is wrong and how to fix it."""
+
+    exit_code: ExitCode = ExitCode.INPUT
+
+
+class InputError(JacError):
+    """Bad usage or input: an option, a file, a shape, a module or name, a device (exit 2)."""
+
+    exit_code = ExitCode.INPUT
+
+
+class FunctionError(JacError):
+    """The user's function, or its derivative, raised (exit 3)."""
+
+    exit_code = ExitCode.FUNCTION
+
+
+def describe(exc: BaseException) -> str:
+    """``TypeName: first line of the message``, for one-line reports of someone else's exception."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -1,0 +1,336 @@
+"""Reading array sources: ``.npy``, ``.npz``, YAML/JSON files, ``-`` (stdin), inline literals, generators.
+
+Nothing here unpickles or executes data: ``.npy``/``.npz`` are read with ``allow_pickle=False``
+and YAML with ``yaml.safe_load``. A source yields either a :class:`Generator` (its shape is
+decided later, from the primal or output it stands for) or a list of :class:`Array`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+
+from jaccli.errors import InputError
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_INT_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64")
+DATA_SUFFIXES = (".npy", ".npz", ".yaml", ".yml", ".json")
+_GENERATOR = re.compile(r"^(ones|zeros|randn)(?::(.*))?$")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+MAX_DEPTH = 32  # torch tensors have at most 64 dims; real inputs far fewer
+
+
+@dataclass
+class Array:
+    """One array read from a source.
+
+    ``name`` is its key in an ``.npz`` or a YAML mapping (``None`` when positional);
+    ``dtype`` is the dtype its source asked for (``None``: YAML or a literal without one,
+    which becomes float32 when floating); ``origin`` names the source in messages.
+    """
+
+    data: np.ndarray
+    origin: str
+    name: str | None = None
+    dtype: str | None = None
+
+
+@dataclass
+class Generator:
+    """``ones``, ``zeros`` or ``randn``, with a shape when one was written (``randn:3,2``)."""
+
+    kind: str
+    shape: tuple[int, ...] | None
+    origin: str
+
+    def make(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        if self.kind == "randn":
+            return rng.standard_normal(shape)
+        return np.ones(shape) if self.kind == "ones" else np.zeros(shape)
+
+
+Source = Union[Generator, "list[Array]"]
+
+
+class Stdin:
+    """Standard input, readable once for the whole command."""
+
+    def __init__(self, stream: BinaryIO | None = None):
+        self._stream = stream
+        self._taken_by: str | None = None
+
+    def read(self, origin: str) -> bytes:
+        if self._taken_by is not None:
+            raise InputError(
+                f"{origin}: standard input was already read for {self._taken_by}; "
+                "'-' can stand for one option value only"
+            )
+        self._taken_by = origin
+        stream = self._stream if self._stream is not None else sys.stdin.buffer
+        if stream is None or stream.closed:
+            raise InputError(f"{origin}: standard input is closed; pipe .npy, .npz or YAML into jac")
+        if hasattr(stream, "isatty") and stream.isatty():
+            raise InputError(
+                f"{origin}: standard input is a terminal; pipe .npy, .npz or YAML into jac "
+                "(e.g. 'cat x.npy | jac ... -p -')"
+            )
+        data = stream.read()
+        if not data:
+            raise InputError(f"{origin}: standard input is empty; pipe .npy, .npz or YAML into jac")
+        return data
+
+
+def read_source(text: str, option: str, stdin: Stdin | None = None) -> Source:
+    """Read one option value (``-p x.npy``, ``-t randn``, ``-p "[1, 2]"``, ``-u -``)."""
+    origin = f"{option} {text!r}"
+    if text == "-":
+        return _read_bytes((stdin or Stdin()).read(origin), f"{option} - (standard input)")
+    if os.path.isfile(text) or (os.path.exists(text) and not os.path.isdir(text)):
+        return _read_file(text, f"{option} {text}")
+    if os.path.isdir(text):
+        raise InputError(f"{origin} is a folder; give a .npy, .npz, .yaml or .json file")
+    match = _GENERATOR.match(text.strip())
+    if match:
+        return Generator(match.group(1), _parse_shape(match.group(2), origin), origin)
+    if text.lower().endswith(DATA_SUFFIXES):
+        raise InputError(f"{origin}: no such file")
+    return _from_yaml_text(text, origin)
+
+
+def _parse_shape(spec: str | None, origin: str) -> tuple[int, ...] | None:
+    if spec is None:
+        return None
+    spec = spec.strip()
+    if spec in ("", "()", "[]"):
+        return ()
+    parts = spec.strip("()[]").split(",")
+    try:
+        shape = tuple(int(p) for p in parts if p.strip() != "")
+    except ValueError:
+        shape = None
+    if shape is None or any(n < 0 for n in shape):
+        raise InputError(
+            f"{origin}: the shape after ':' must be non-negative integers separated by "
+            "commas, e.g. randn:3,2"
+        )
+    return shape
+
+
+def _read_file(path: str, origin: str) -> list[Array]:
+    lower = path.lower()
+    try:
+        if lower.endswith(".npy"):
+            return _read_npy(path, origin)
+        if lower.endswith(".npz"):
+            return _read_npz(path, origin)
+        if lower.endswith(".json"):
+            with open(path, encoding="utf-8") as fh:
+                return _from_json_text(fh.read(), origin)
+        if lower.endswith((".yaml", ".yml")):
+            with open(path, encoding="utf-8") as fh:
+                return _from_yaml_text(fh.read(), origin)
+        with open(path, "rb") as fh:  # no known suffix (e.g. /dev/fd/63): tell by content
+            return _read_bytes(fh.read(), origin)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{origin} is not UTF-8 text ({exc.reason}); YAML and JSON must be") from exc
+    except PermissionError as exc:
+        raise InputError(f"{origin} cannot be read: permission denied") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{origin} is a folder; give a file") from exc
+
+
+def _read_bytes(data: bytes, origin: str) -> list[Array]:
+    if data.startswith(_NPY_MAGIC):
+        return _read_npy(io.BytesIO(data), origin)
+    if data.startswith(_ZIP_MAGICS):
+        return _read_npz(io.BytesIO(data), origin)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{origin} is neither .npy, .npz nor UTF-8 YAML text; check what is being piped in"
+        ) from exc
+    return _from_yaml_text(text, origin)
+
+
+def _read_npy(file: Any, origin: str) -> list[Array]:
+    try:
+        data = np.load(file, allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"{origin} cannot be read as .npy: {_numpy_reason(exc)}") from exc
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{origin} is not a valid .npy file ({exc}); is it truncated?") from exc
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data.close()
+        raise InputError(f"{origin} holds .npz data; name it .npz")
+    return [Array(_check_numeric(data, origin), origin, dtype=_dtype_name(data.dtype))]
+
+
+def _read_npz(file: Any, origin: str) -> list[Array]:
+    try:
+        archive = np.load(file, allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"{origin} cannot be read as .npz: {_numpy_reason(exc)}") from exc
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{origin} is not a valid .npz file ({exc}); is it truncated?") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(f"{origin} holds a single .npy array; name it .npy")
+    arrays = []
+    with archive:
+        if not archive.files:
+            raise InputError(f"{origin} holds no arrays")
+        for key in archive.files:
+            where = f"{origin} [{key}]"
+            try:
+                data = archive[key]
+            except ValueError as exc:
+                raise InputError(f"{where} cannot be read: {_numpy_reason(exc)}") from exc
+            except (OSError, EOFError, Exception) as exc:  # zipfile.BadZipFile, zlib.error
+                raise InputError(f"{where} cannot be read ({exc}); is the file truncated?") from exc
+            arrays.append(Array(_check_numeric(data, where), where, key, _dtype_name(data.dtype)))
+    return arrays
+
+
+def _numpy_reason(exc: ValueError) -> str:
+    text = str(exc)
+    if "pickle" in text.lower() or "object arrays" in text.lower():
+        return "it holds pickled Python objects, which jac never loads; save a numeric array instead"
+    return text
+
+
+def _check_numeric(data: np.ndarray, origin: str) -> np.ndarray:
+    kind = data.dtype.kind
+    if kind in "fiub":
+        return data
+    if kind == "c":
+        raise InputError(f"{origin} is complex ({data.dtype}); jac differentiates real arrays only")
+    raise InputError(f"{origin} has dtype {data.dtype}; jac needs a numeric (float, int or bool) array")
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return "bool" if dtype.kind == "b" else dtype.name
+
+
+# --- YAML, JSON and literals -------------------------------------------------------------
+
+def _from_yaml_text(text: str, origin: str) -> list[Array]:
+    import yaml
+
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        raise InputError(
+            f"{origin}: YAML tag refused ({exc.problem}); jac reads plain numbers, lists "
+            "and mappings only"
+        ) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{origin} is not valid YAML{where}: {reason}") from exc
+    return _from_document(obj, origin)
+
+
+def _from_json_text(text: str, origin: str) -> list[Array]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{origin} is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from exc
+    return _from_document(obj, origin)
+
+
+def _from_document(obj: Any, origin: str) -> list[Array]:
+    """A number or nested list; ``{data: ..., dtype: ...}``; or a mapping or list of those."""
+    if obj is None:
+        raise InputError(f"{origin} is empty; give a number, a nested list or {{data: ..., dtype: ...}}")
+    if isinstance(obj, dict) and "data" not in obj:
+        if not obj:
+            raise InputError(f"{origin} is an empty mapping; give arrays as name: value")
+        return [_one_value(value, f"{origin} [{key}]", str(key)) for key, value in obj.items()]
+    if isinstance(obj, list) and obj and all(isinstance(item, dict) for item in obj):
+        return [_one_value(value, f"{origin} [{i}]", None) for i, value in enumerate(obj)]
+    return [_one_value(obj, origin, None)]
+
+
+def _one_value(obj: Any, origin: str, name: str | None) -> Array:
+    dtype = None
+    if isinstance(obj, dict):
+        unknown = sorted(set(map(str, obj)) - {"data", "dtype", "shape"})
+        if "data" not in obj or unknown:
+            what = f"unknown key {unknown[0]!r}" if unknown else "no 'data' key"
+            raise InputError(f"{origin}: {what}; an array is written {{data: ..., dtype: float64}}")
+        dtype = obj.get("dtype")
+        if dtype is not None and dtype not in FLOAT_DTYPES + _INT_DTYPES:
+            raise InputError(
+                f"{origin}: unknown dtype {dtype!r}; use one of {', '.join(FLOAT_DTYPES)}"
+            )
+        data = _nested_to_array(obj["data"], origin)
+        shape = obj.get("shape")
+        if shape is not None:
+            want = tuple(shape) if isinstance(shape, list) else (shape,)
+            if want != data.shape:
+                raise InputError(f"{origin}: data has shape {data.shape} but 'shape' says {want}")
+    else:
+        data = _nested_to_array(obj, origin)
+    return Array(data, origin, name, dtype)
+
+
+def _nested_to_array(obj: Any, origin: str) -> np.ndarray:
+    shape: list[int] = []
+    flat: list[Any] = []
+    _walk(obj, 0, shape, flat, origin, [])
+    if all(isinstance(v, bool) for v in flat) and flat:
+        dtype = np.bool_
+    elif all(isinstance(v, int) for v in flat) and flat:
+        dtype = np.int64
+    else:
+        dtype = np.float64
+    try:
+        return np.array(flat, dtype=dtype).reshape(shape)
+    except OverflowError as exc:
+        raise InputError(f"{origin}: an integer is too large for int64") from exc
+
+
+def _walk(obj: Any, depth: int, shape: list[int], flat: list[Any], origin: str, path: list[int]) -> None:
+    if depth > MAX_DEPTH:
+        raise InputError(f"{origin}: lists nested deeper than {MAX_DEPTH} levels; is the file right?")
+    if isinstance(obj, (list, tuple)):
+        if depth == len(shape) and not flat:
+            shape.append(len(obj))
+        if depth >= len(shape) or len(obj) != shape[depth]:
+            raise InputError(
+                f"{origin}: ragged nested list at {_where(path)}; every row must have the same "
+                "length (for several arguments use a list of {data: ...} mappings or repeat the option)"
+            )
+        for i, item in enumerate(obj):
+            _walk(item, depth + 1, shape, flat, origin, path + [i])
+        return
+    if depth != len(shape):
+        raise InputError(f"{origin}: ragged nested list at {_where(path)}; a number stands where a list should")
+    flat.append(_number(obj, origin, path))
+
+
+def _number(obj: Any, origin: str, path: list[int]) -> Any:
+    if isinstance(obj, (bool, int, float)):
+        return obj
+    if isinstance(obj, str):
+        try:
+            return float(obj)  # YAML 1.1 reads 1e-3 and .nan spellings like 'nan' as strings
+        except ValueError:
+            pass
+    kind = "a mapping" if isinstance(obj, dict) else "null" if obj is None else repr(obj)
+    raise InputError(f"{origin}: {kind} at {_where(path)} is not a number")
+
+
+def _where(path: list[int]) -> str:
+    return "".join(f"[{i}]" for i in path) or "the top level"

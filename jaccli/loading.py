@@ -1,0 +1,191 @@
+"""Finding the user's function: ``pkg.mod:name``, ``path/file.py:name``, dotted names, ``mod:factory()``.
+
+Modules are imported with importlib, never ``exec``; each step that can fail says which one.
+A missing module or name is an input error (exit 2); an exception raised by the user's own
+code while importing the module or calling a factory is a function error (exit 3).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from jaccli.errors import FunctionError, InputError, describe
+
+
+@dataclass(frozen=True)
+class FuncSpec:
+    """A parsed ``TARGET:ATTR[()]``: ``target`` is a module name or a ``.py`` path."""
+
+    target: str
+    attrs: tuple[str, ...]
+    call_factory: bool
+
+    @property
+    def is_path(self) -> bool:
+        return self.target.endswith(".py") or "/" in self.target or os.sep in self.target
+
+    def __str__(self) -> str:
+        return f"{self.target}:{'.'.join(self.attrs)}{'()' if self.call_factory else ''}"
+
+
+def parse_spec(text: str) -> FuncSpec:
+    """Check the form of FUNC without importing anything."""
+    hint = "write MODULE:NAME or path/to/file.py:NAME, e.g. mymod:f"
+    target, sep, attr = text.rpartition(":")
+    if not sep or not target or not attr:
+        raise InputError(f"FUNC {text!r} has no ':NAME'; {hint}")
+    call = attr.endswith("()")
+    if call:
+        attr = attr[:-2]
+    attrs = tuple(attr.split("."))
+    if not all(part.isidentifier() for part in attrs):
+        raise InputError(f"FUNC {text!r}: {attr!r} is not a (dotted) Python name; {hint}")
+    if "(" in attr or ")" in attr:
+        raise InputError(f"FUNC {text!r}: only a zero-argument factory call 'NAME()' is allowed")
+    spec = FuncSpec(target, attrs, call)
+    if not spec.is_path and not all(part.isidentifier() for part in target.split(".")):
+        raise InputError(f"FUNC {text!r}: {target!r} is neither a module name nor a .py path; {hint}")
+    return spec
+
+
+def load_function(spec: str | FuncSpec) -> Callable[..., Any]:
+    """Import the module FUNC names and return the callable (an ``nn.Module`` is called as is)."""
+    if isinstance(spec, str):
+        spec = parse_spec(spec)
+    module = _import_path(spec) if spec.is_path else _import_module(spec)
+    obj: Any = module
+    walked = spec.target
+    for attr in spec.attrs:
+        if not hasattr(obj, attr):
+            raise InputError(f"{walked} has no attribute {attr!r}{_suggest(obj)}")
+        try:
+            obj = getattr(obj, attr)
+        except Exception as exc:  # a property of the user's raised
+            raise FunctionError(f"reading {walked}.{attr} raised {describe(exc)}") from exc
+        walked = f"{walked}.{attr}" if walked != spec.target else f"{walked}:{attr}"
+    if spec.call_factory:
+        if not callable(obj):
+            raise InputError(f"{walked} is {_kind(obj)}, not a factory; drop the '()'")
+        try:
+            obj = obj()
+        except TypeError as exc:
+            if _needs_arguments(obj):
+                raise InputError(
+                    f"{walked}() needs arguments; jac calls factories with none: wrap it in a "
+                    "zero-argument function"
+                ) from exc
+            raise FunctionError(f"calling the factory {spec} raised {describe(exc)}") from exc
+        except Exception as exc:
+            raise FunctionError(f"calling the factory {spec} raised {describe(exc)}") from exc
+        walked = str(spec)
+    if isinstance(obj, type):
+        raise InputError(
+            f"{walked} is a class; write {spec}() to construct it with no arguments, or point at "
+            "an instance or a function"
+        )
+    if not callable(obj):
+        raise InputError(f"{walked} is {_kind(obj)}, not a function; point FUNC at a callable")
+    if inspect.isgeneratorfunction(obj) or inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj):
+        raise InputError(
+            f"{walked} is a generator or async function; jac needs a plain function returning tensors"
+        )
+    return obj
+
+
+def _import_module(spec: FuncSpec):
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # as 'python -m' does
+    try:
+        return importlib.import_module(spec.target)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and spec.target.split(".")[: len(exc.name.split("."))] == exc.name.split("."):
+            raise InputError(
+                f"no module named {exc.name!r} (looked in the current folder and the Python "
+                f"path); run jac from the folder that holds it, or give a path: path/to/{spec.target.split('.')[-1]}.py:{'.'.join(spec.attrs)}"
+            ) from exc
+        raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
+    except Exception as exc:
+        raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
+
+
+def _import_path(spec: FuncSpec):
+    path = os.path.abspath(spec.target)
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise InputError(f"FUNC file {spec.target} {what}; give an existing .py file")
+    name = "_jac_user_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise InputError(f"FUNC file {spec.target} cannot be imported; is it a .py file?")
+    module = importlib.util.module_from_spec(module_spec)
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # as 'python file.py' does: sibling modules import
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
+    return module
+
+
+def parse_kwarg(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE read as YAML (``scale=4.0``, ``mode=fast``, ``dims=[0,1]``)."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise InputError(f"--kwarg {text!r}: write NAME=VALUE, e.g. --kwarg scale=4.0")
+    import yaml
+
+    try:
+        return name, yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise InputError(f"--kwarg {name}: {value!r} is not valid YAML") from exc
+
+
+def check_call(func: Callable[..., Any], n_args: int, kwargs: dict[str, Any], spec: str) -> None:
+    """Fail before any work when the arguments cannot bind to the function's signature."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # builtins and some C functions have none: let the call decide
+    try:
+        signature.bind(*range(n_args), **kwargs)
+    except TypeError as exc:
+        raise InputError(
+            f"{spec}{signature} cannot take {n_args} positional argument(s)"
+            f"{' and --kwarg ' + ', '.join(kwargs) if kwargs else ''}: {exc}"
+        ) from exc
+
+
+def _suggest(obj: Any) -> str:
+    names = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+    if not names:
+        return ""
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return f" (callables there: {shown})"
+
+
+def _kind(obj: Any) -> str:
+    if inspect.ismodule(obj):
+        return "a module"
+    return f"a {type(obj).__name__}"
+
+
+def _needs_arguments(obj: Any) -> bool:
+    try:
+        inspect.signature(obj).bind()
+    except TypeError:
+        return True
+    except ValueError:
+        return False
+    return False
+

@@ -1,0 +1,112 @@
+"""What people read: results as text in the numpy style, and the timing table.
+
+Results go to standard output; the timing table and notes go to standard error, so
+pipelines stay clean. rich decides colour (off for NO_COLOR and non-terminals).
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from jaccli.timing import Timings
+
+
+def jacobian_note(info: Any, flattened: bool) -> str:
+    """One line on what a Jacobian's shape means, the question 2-D inputs always raise."""
+    rows, cols = info.matrix_shape
+    out_shape, in_shape = _shape(info.output_shape), _shape(info.input_shape)
+    if flattened:
+        return (
+            f"flattened: {rows} elements of {info.output_key} {out_shape} (rows) x {cols} "
+            f"elements of primal {info.input_index} {in_shape} (columns), both in row-major order"
+        )
+    return (
+        f"shape = {info.output_key} {out_shape} + primal {info.input_index} {in_shape}: "
+        f"entry [i..., j...] is d out[i...] / d in[j...]; as a matrix, {rows} x {cols} (--flatten)"
+    )
+
+
+def render_text(stream: IO[str], results: dict[str, Any], notes: dict[str, str], dtypes: dict[str, str]) -> None:
+    """Each result: its key, shape and dtype, a note where one helps, then the values."""
+    import numpy as np
+    from rich.console import Console
+
+    console = Console(file=stream, highlight=False, soft_wrap=True)
+    width = max(console.width, 80)
+    for n, (key, array) in enumerate(results.items()):
+        if n:
+            console.print()
+        dtype = dtypes.get(key, str(array.dtype))
+        console.print(f"[bold]{key}[/bold]  shape {_shape(array.shape)}  {dtype}")
+        if key in notes:
+            console.print(f"[dim]{notes[key]}[/dim]", markup=True)
+        text = np.array2string(array, max_line_width=width, threshold=1000, edgeitems=3)
+        console.print(text, markup=False)
+
+
+def render_timings(stream: IO[str], timings: Timings) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=None, box=None, padding=(0, 2), show_edge=False, header_style="bold")
+    table.add_column("phase")
+    table.add_column("time", justify="right")
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    table.add_column("runs", justify="right")
+    for phase in timings.phases:
+        if phase.is_series:
+            stats = phase.stats()
+            if stats is None:
+                table.add_row(phase.name, "-", "", "", "0")
+                continue
+            table.add_row(
+                phase.name,
+                duration(stats["median"]) + " median",
+                duration(stats["min"]),
+                duration(stats["max"]),
+                str(len(phase.times)),
+            )
+        else:
+            table.add_row(phase.name, duration(phase.times[0]), "", "", "")
+    console = Console(file=stream, highlight=False, soft_wrap=True)
+    console.print(table)
+    console.print(footer_line(timings), markup=False)
+    for note in timings.notes:
+        console.print(f"note: {note}", markup=False)
+
+
+def footer_line(timings: Timings) -> str:
+    f = timings.footer
+    ratio = f.get("cost_ratio")
+    parts = [
+        f"derivative/function {ratio:.2f}x (median)" if ratio else "derivative/function n/a",
+        f"{f.get('command', '')} via {f.get('engine', 'torch.func')}",
+        f"device {f.get('device', '?')}",
+        f"dtype {f.get('dtype', '?')}",
+        f"torch {f.get('torch', '?')}",
+    ]
+    return "  |  ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def warn_non_finite(stream: IO[str], results: dict[str, Any]) -> None:
+    """One warning line per result holding NaN or infinity."""
+    import numpy as np
+
+    for key, array in results.items():
+        if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+            nan = int(np.isnan(array).sum())
+            inf = int(np.isinf(array).sum())
+            stream.write(f"warning: {key} holds {nan} NaN and {inf} infinite value(s) of {array.size}\n")

@@ -1,0 +1,108 @@
+"""Timing the phases of a command: single phases, and repeated runs with min / median / max.
+
+Clocks are read after the device has finished its queued work (``sync``), so CUDA timings
+measure the computation, not the launch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+# Without --repeat, steady-state runs stop once they have taken this long (at least one runs),
+# so a slow Jacobian is not computed many times over just to be timed.
+AUTO_BUDGET_S = 1.0
+DEFAULT_REPEAT = 5
+DEFAULT_WARMUP = 1
+
+
+@dataclass
+class Phase:
+    name: str
+    times: list[float]
+    is_series: bool = False  # repeated runs (min / median / max) rather than one timed block
+
+    def stats(self) -> dict[str, float] | None:
+        if not self.times:
+            return None
+        return {
+            "min": min(self.times),
+            "median": statistics.median(self.times),
+            "max": max(self.times),
+        }
+
+
+@dataclass
+class Timings:
+    sync: Callable[[], None] = lambda: None
+    phases: list[Phase] = field(default_factory=list)
+    footer: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a block once."""
+        self.sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.phases.append(Phase(name, [time.perf_counter() - start]))
+
+    def series(
+        self, name: str, fn: Callable[[], Any], repeat: int | None, warmup: int | None
+    ) -> Phase:
+        """Run ``fn`` ``warmup`` times untimed, then ``repeat`` times timed.
+
+        ``repeat=None`` means up to DEFAULT_REPEAT runs within AUTO_BUDGET_S (at least one).
+        """
+        budget = None if repeat is not None else AUTO_BUDGET_S
+        repeat = DEFAULT_REPEAT if repeat is None else repeat
+        warmup = DEFAULT_WARMUP if warmup is None else warmup
+        spent = 0.0
+        for _ in range(warmup):
+            start = time.perf_counter()
+            fn()
+            self.sync()
+            spent += time.perf_counter() - start
+            if budget is not None and spent > budget:
+                break
+        times: list[float] = []
+        for _ in range(repeat):
+            self.sync()
+            start = time.perf_counter()
+            fn()
+            self.sync()
+            times.append(time.perf_counter() - start)
+            spent += times[-1]
+            if budget is not None and spent > budget:
+                break
+        phase = Phase(name, times, is_series=True)
+        self.phases.append(phase)
+        return phase
+
+    def get(self, name: str) -> Phase | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+    def ratio(self, numerator: str, denominator: str) -> float | None:
+        top, bottom = self.get(numerator), self.get(denominator)
+        if not top or not bottom or not top.times or not bottom.times:
+            return None
+        low = statistics.median(bottom.times)
+        return statistics.median(top.times) / low if low > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for ``--timings PATH`` (seconds throughout)."""
+        phases = []
+        for p in self.phases:
+            entry: dict[str, Any] = {"phase": p.name, "runs": len(p.times)}
+            if p.is_series:
+                entry.update(p.stats() or {})
+            else:
+                entry["seconds"] = p.times[0]
+            phases.append(entry)
+        return {"phases": phases, **self.footer, "notes": list(self.notes)}
