@@ -70,9 +70,7 @@ def _tensor(data: np.ndarray, dtype) -> Any:
     import torch
 
     native = data.dtype.newbyteorder("=")
-    data = np.ascontiguousarray(data, dtype=native)
-    if not data.flags.writeable:
-        data = data.copy()
+    data = np.require(data, dtype=native, requirements=["C_CONTIGUOUS", "WRITEABLE"])
     return torch.from_numpy(data).to(dtype)
 
 

@@ -172,7 +172,7 @@ def jacrev(**options: Any) -> None:
 
     \b
     Examples:
-      jac jacrev examples/mlp.py:model() -p randn:4 --dtype float64
+      jac jacrev examples/mlp.py:model() -p randn:4
       jac jacrev mymod:f -p x.npy --chunk-size 64 -o J.npy
     """
     _execute("jacrev", options, argnums=options["argnums"], flatten=options["flatten"],

@@ -30,6 +30,7 @@ def render_text(stream: IO[str], results: dict[str, Any], notes: dict[str, str],
     """Each result: its key, shape and dtype, a note where one helps, then the values."""
     import numpy as np
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(file=stream, highlight=False, soft_wrap=True)
     width = max(console.width, 80)
@@ -37,9 +38,9 @@ def render_text(stream: IO[str], results: dict[str, Any], notes: dict[str, str],
         if n:
             console.print()
         dtype = dtypes.get(key, str(array.dtype))
-        console.print(f"[bold]{key}[/bold]  shape {_shape(array.shape)}  {dtype}")
+        console.print(f"[bold]{escape(key)}[/bold]  shape {_shape(array.shape)}  {dtype}")
         if key in notes:
-            console.print(f"[dim]{notes[key]}[/dim]", markup=True)
+            console.print(f"[dim]{escape(notes[key])}[/dim]")
         text = np.array2string(array, max_line_width=width, threshold=1000, edgeitems=3)
         console.print(text, markup=False)
 

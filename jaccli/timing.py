@@ -63,6 +63,8 @@ class Timings:
         budget = None if repeat is not None else AUTO_BUDGET_S
         repeat = DEFAULT_REPEAT if repeat is None else repeat
         warmup = DEFAULT_WARMUP if warmup is None else warmup
+        if repeat == 0:
+            warmup = 0  # nothing to time, so nothing to warm up for
         spent = 0.0
         for _ in range(warmup):
             start = time.perf_counter()

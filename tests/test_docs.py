@@ -1,0 +1,85 @@
+"""Docs that cannot rot: help texts carry examples, README commands and snippets run."""
+
+import re
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, ROOT, jac
+
+from jaccli.cli import cli
+
+README = (ROOT / "README.md").read_text()
+COMMANDS = sorted(cli.commands)
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def _readme_commands() -> list[str]:
+    lines = [line for block in _blocks("sh") for line in block.splitlines()]
+    return [line for line in lines if line.startswith("jac ")]
+
+
+@pytest.fixture
+def examples_copy(tmp_path, monkeypatch):
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_the_four_commands_exist():
+    assert {"jvp", "vjp", "jacfwd", "jacrev"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    run = jac(command, "--help")
+    assert run.code == 0, run
+    assert "Examples:" in run.stdout
+    assert re.search(rf"^\s+jac {command} \S+", run.stdout, flags=re.M), run.stdout
+
+
+def test_top_level_help_lists_every_command():
+    run = jac("--help")
+    assert run.code == 0
+    for command in COMMANDS:
+        assert command in run.stdout
+
+
+@pytest.mark.parametrize("line", _readme_commands())
+def test_readme_command_runs(line, examples_copy):
+    run = jac(*shlex.split(line, comments=True)[1:])
+    assert run.code == 0, (line, run)
+    assert "steady-state compute" in run.stderr  # the timing table, on stderr
+
+
+def test_readme_lists_enough_commands():
+    commands = _readme_commands()
+    assert len(commands) >= 7
+    assert {c.split()[1] for c in commands} >= {"jvp", "vjp", "jacfwd", "jacrev"}
+
+
+def test_readme_console_output_is_what_jac_prints(examples_copy):
+    (block,) = _blocks("console")
+    prompt, *expected = block.strip("\n").splitlines()
+    assert prompt.startswith("$ jac ")
+    run = jac(*shlex.split(prompt)[2:])
+    assert run.code == 0, run
+    assert run.stdout.strip("\n").splitlines() == expected
+
+
+def test_readme_python_snippet_runs(examples_copy):
+    (snippet,) = _blocks("python")
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    np.testing.assert_array_equal(scope["outcome"].results["jvp"], [6, 14, 22])
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "README.md" in ci
+    test_lines = [line for block in _blocks("sh") for line in block.splitlines() if "pytest" in line]
+    assert test_lines and re.search(r"^python -m pip install torch==.*\[test\].*pytest", test_lines[0])
