@@ -14,7 +14,8 @@ cotangents take the dtype of the primal or output they pair with, as torch.func 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,10 +50,7 @@ def primal_tensors(sources: Sequence[Source], dtype: str | None, rng: np.random.
         in_use = floating[0]
         for other in floating[1:]:
             in_use = torch.promote_types(in_use, other)
-    return [
-        _tensor(a.data, getattr(torch, w) if w in _FLOATS else in_use)
-        for a, w in zip(arrays, wanted)
-    ]
+    return [_tensor(a.data, getattr(torch, w) if w in _FLOATS else in_use) for a, w in zip(arrays, wanted)]
 
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
@@ -74,9 +72,7 @@ def _tensor(data: np.ndarray, dtype) -> Any:
     return torch.from_numpy(data).to(dtype)
 
 
-def tangent_tensors(
-    sources: Sequence[Source], primals: Sequence[Any], rng: np.random.Generator
-) -> list:
+def tangent_tensors(sources: Sequence[Source], primals: Sequence[Any], rng: np.random.Generator) -> list:
     """Tangents on the primals' device, one per primal with its shape and dtype."""
     if not sources:
         if all(p.numel() == 1 for p in primals):
@@ -108,8 +104,7 @@ def cotangent_tree(sources: Sequence[Source], output: Any, rng: np.random.Genera
         shapes = [("output", _out_name(k), tuple(t.shape)) for k, t in leaves]
         arrays = _expand(sources, shapes, "cotangent", "--cotangents", rng)
     values = [
-        _paired(a, t, f"cotangent for {_out_name(k)}", _out_name(k))
-        for a, (k, t) in zip(arrays, leaves)
+        _paired(a, t, f"cotangent for {_out_name(k)}", _out_name(k)) for a, (k, t) in zip(arrays, leaves)
     ]
     return trees.unflatten(output, values)
 

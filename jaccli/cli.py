@@ -86,7 +86,8 @@ def _execute(command: str, options: dict[str, Any], **extra: Any) -> None:
 @cli.command(epilog=EPILOG_TAIL)
 @function_and_primals
 @array_option(
-    "-t", "--tangents",
+    "-t",
+    "--tangents",
     "The vector v, one per primal with its shape; 'randn' or 'ones' alone stands for all. "
     "May be left out when every primal has one element (v = 1).",
 )
@@ -111,7 +112,8 @@ def jvp(**options: Any) -> None:
 @cli.command(epilog=EPILOG_TAIL)
 @function_and_primals
 @array_option(
-    "-u", "--cotangents",
+    "-u",
+    "--cotangents",
     "The vector u, one per output (a mapping keyed like a dict output); 'ones' or 'randn' "
     "alone stands for all. May be left out when the output has one element (u = 1).",
 )
@@ -132,51 +134,80 @@ def vjp(**options: Any) -> None:
     _execute("vjp", options)
 
 
-@cli.command(epilog=EPILOG_TAIL)
+def _jacobian_help(mode: str, command: str, examples: str) -> str:
+    return f"""The full Jacobian by {mode} mode (torch.func.{command}): shape output.shape + input.shape.
+
+    Keys: jacobian; jacobian.0, jacobian.1 for several --argnums; jacobian.<out>.<arg> for
+    several outputs; aux. --flatten gives the (output elements x input elements) matrix.
+
+    \b
+    Examples:
+{examples}
+    """
+
+
+@cli.command(
+    epilog=EPILOG_TAIL,
+    help=_jacobian_help(
+        "forward",
+        "jacfwd",
+        """\
+      jac jacfwd examples/quickstart.py:f -p examples/x.npy
+      jac jacfwd mymod:f -p x.npy -p y.npy --argnums 0,1 -o J.npz
+      jac jacfwd mymod:f -p "[[1,1],[1,1],[1,1]]" --flatten""",
+    ),
+)
 @function_and_primals
 @jacobian_options
-@click.option("--randomness", type=click.Choice(["error", "different", "same"]), default="error",
-              show_default=True, help="How random operations behave under vmap (torch.func's meaning).")
+@click.option(
+    "--randomness",
+    type=click.Choice(["error", "different", "same"]),
+    default="error",
+    show_default=True,
+    help="How random operations behave under vmap (torch.func's meaning).",
+)
 @inputs_and_device
 @output_options
 @timing_options
 def jacfwd(**options: Any) -> None:
-    """The full Jacobian by forward mode (torch.func.jacfwd): shape output.shape + input.shape.
-
-    Keys: jacobian; jacobian.0, jacobian.1 for several --argnums; jacobian.<out>.<arg> for
-    several outputs; aux. --flatten gives the (output elements x input elements) matrix.
-
-    \b
-    Examples:
-      jac jacfwd examples/quickstart.py:f -p examples/x.npy
-      jac jacfwd mymod:f -p x.npy -p y.npy --argnums 0,1 -o J.npz
-      jac jacfwd mymod:f -p "[[1,1],[1,1],[1,1]]" --flatten
-    """
-    _execute("jacfwd", options, argnums=options["argnums"], flatten=options["flatten"],
-             randomness=options["randomness"])
+    _execute(
+        "jacfwd",
+        options,
+        argnums=options["argnums"],
+        flatten=options["flatten"],
+        randomness=options["randomness"],
+    )
 
 
-@cli.command(epilog=EPILOG_TAIL)
+@cli.command(
+    epilog=EPILOG_TAIL,
+    help=_jacobian_help(
+        "reverse",
+        "jacrev",
+        """\
+      jac jacrev "examples/mlp.py:model()" -p randn:4
+      jac jacrev mymod:f -p x.npy --chunk-size 64 -o J.npy""",
+    ),
+)
 @function_and_primals
 @jacobian_options
-@click.option("--chunk-size", type=click.IntRange(min=1), metavar="N",
-              help="Compute the Jacobian N rows at a time (less memory; torch.func's meaning).")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Compute the Jacobian N rows at a time (less memory; torch.func's meaning).",
+)
 @inputs_and_device
 @output_options
 @timing_options
 def jacrev(**options: Any) -> None:
-    """The full Jacobian by reverse mode (torch.func.jacrev): shape output.shape + input.shape.
-
-    Keys: jacobian; jacobian.0, jacobian.1 for several --argnums; jacobian.<out>.<arg> for
-    several outputs; aux. --flatten gives the (output elements x input elements) matrix.
-
-    \b
-    Examples:
-      jac jacrev examples/mlp.py:model() -p randn:4
-      jac jacrev mymod:f -p x.npy --chunk-size 64 -o J.npy
-    """
-    _execute("jacrev", options, argnums=options["argnums"], flatten=options["flatten"],
-             chunk_size=options["chunk_size"])
+    _execute(
+        "jacrev",
+        options,
+        argnums=options["argnums"],
+        flatten=options["flatten"],
+        chunk_size=options["chunk_size"],
+    )
 
 
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:

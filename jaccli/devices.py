@@ -27,7 +27,11 @@ def resolve_device(name: str):
     if name == "cpu":
         return torch.device("cpu")
     if name == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     available = available_devices()
     if not torch.cuda.is_available():
         raise InputError(

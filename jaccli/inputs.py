@@ -102,7 +102,19 @@ def read_source(text: str, option: str, stdin: Stdin | None = None) -> Source:
         return Generator(match.group(1), _parse_shape(match.group(2), origin), origin)
     if text.lower().endswith(DATA_SUFFIXES):
         raise InputError(f"{origin}: no such file")
-    return _from_yaml_text(text, origin)
+    try:
+        return _from_yaml_text(text, origin)
+    except InputError:
+        if _looks_like_a_word(text):
+            raise InputError(
+                f"{origin}: no such file, and not a number, a list or a generator (ones, zeros, randn:SHAPE)"
+            ) from None
+        raise
+
+
+def _looks_like_a_word(text: str) -> bool:
+    """A bare word or path (a typo, most likely), not a list or mapping literal."""
+    return not any(c in text for c in "[]{}:,\n")
 
 
 def _parse_shape(spec: str | None, origin: str) -> tuple[int, ...] | None:
@@ -118,8 +130,7 @@ def _parse_shape(spec: str | None, origin: str) -> tuple[int, ...] | None:
         shape = None
     if shape is None or any(n < 0 for n in shape):
         raise InputError(
-            f"{origin}: the shape after ':' must be non-negative integers separated by "
-            "commas, e.g. randn:3,2"
+            f"{origin}: the shape after ':' must be non-negative integers separated by commas, e.g. randn:3,2"
         )
     return shape
 
@@ -161,13 +172,18 @@ def _read_bytes(data: bytes, origin: str) -> list[Array]:
     return _from_yaml_text(text, origin)
 
 
-def _read_npy(file: Any, origin: str) -> list[Array]:
+def _np_load(file: Any, origin: str, kind: str) -> Any:
+    """``np.load`` with pickles refused, its failures as one-line input errors."""
     try:
-        data = np.load(file, allow_pickle=False)
+        return np.load(file, allow_pickle=False)
     except ValueError as exc:
-        raise InputError(f"{origin} cannot be read as .npy: {_numpy_reason(exc)}") from exc
+        raise InputError(f"{origin} cannot be read as {kind}: {_numpy_reason(exc)}") from exc
     except (OSError, EOFError) as exc:
-        raise InputError(f"{origin} is not a valid .npy file ({exc}); is it truncated?") from exc
+        raise InputError(f"{origin} is not a valid {kind} file ({exc}); is it truncated?") from exc
+
+
+def _read_npy(file: Any, origin: str) -> list[Array]:
+    data = _np_load(file, origin, ".npy")
     if isinstance(data, np.lib.npyio.NpzFile):
         data.close()
         raise InputError(f"{origin} holds .npz data; name it .npz")
@@ -175,12 +191,7 @@ def _read_npy(file: Any, origin: str) -> list[Array]:
 
 
 def _read_npz(file: Any, origin: str) -> list[Array]:
-    try:
-        archive = np.load(file, allow_pickle=False)
-    except ValueError as exc:
-        raise InputError(f"{origin} cannot be read as .npz: {_numpy_reason(exc)}") from exc
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{origin} is not a valid .npz file ({exc}); is it truncated?") from exc
+    archive = _np_load(file, origin, ".npz")
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise InputError(f"{origin} holds a single .npy array; name it .npy")
     arrays = []
@@ -221,6 +232,7 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 # --- YAML, JSON and literals -------------------------------------------------------------
 
+
 def _from_yaml_text(text: str, origin: str) -> list[Array]:
     import yaml
 
@@ -228,8 +240,7 @@ def _from_yaml_text(text: str, origin: str) -> list[Array]:
         obj = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:
         raise InputError(
-            f"{origin}: YAML tag refused ({exc.problem}); jac reads plain numbers, lists "
-            "and mappings only"
+            f"{origin}: YAML tag refused ({exc.problem}); jac reads plain numbers, lists and mappings only"
         ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -271,9 +282,7 @@ def _one_value(obj: Any, origin: str, name: str | None) -> Array:
             raise InputError(f"{origin}: {what}; an array is written {{data: ..., dtype: float64}}")
         dtype = obj.get("dtype")
         if dtype is not None and dtype not in FLOAT_DTYPES + _INT_DTYPES:
-            raise InputError(
-                f"{origin}: unknown dtype {dtype!r}; use one of {', '.join(FLOAT_DTYPES)}"
-            )
+            raise InputError(f"{origin}: unknown dtype {dtype!r}; use one of {', '.join(FLOAT_DTYPES)}")
         data = _nested_to_array(obj["data"], origin)
         shape = obj.get("shape")
         if shape is not None:
@@ -316,7 +325,9 @@ def _walk(obj: Any, depth: int, shape: list[int], flat: list[Any], origin: str, 
             _walk(item, depth + 1, shape, flat, origin, path + [i])
         return
     if depth != len(shape):
-        raise InputError(f"{origin}: ragged nested list at {_where(path)}; a number stands where a list should")
+        raise InputError(
+            f"{origin}: ragged nested list at {_where(path)}; a number stands where a list should"
+        )
     flat.append(_number(obj, origin, path))
 
 

@@ -91,7 +91,11 @@ def load_function(spec: str | FuncSpec) -> Callable[..., Any]:
         )
     if not callable(obj):
         raise InputError(f"{walked} is {_kind(obj)}, not a function; point FUNC at a callable")
-    if inspect.isgeneratorfunction(obj) or inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj):
+    if (
+        inspect.isgeneratorfunction(obj)
+        or inspect.iscoroutinefunction(obj)
+        or inspect.isasyncgenfunction(obj)
+    ):
         raise InputError(
             f"{walked} is a generator or async function; jac needs a plain function returning tensors"
         )
@@ -105,10 +109,12 @@ def _import_module(spec: FuncSpec):
     try:
         return importlib.import_module(spec.target)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and spec.target.split(".")[: len(exc.name.split("."))] == exc.name.split("."):
+        missing = (exc.name or "").split(".")
+        if spec.target.split(".")[: len(missing)] == missing:  # the named module, not a dependency
+            example = f"path/to/{spec.target.split('.')[-1]}.py:{'.'.join(spec.attrs)}"
             raise InputError(
                 f"no module named {exc.name!r} (looked in the current folder and the Python "
-                f"path); run jac from the folder that holds it, or give a path: path/to/{spec.target.split('.')[-1]}.py:{'.'.join(spec.attrs)}"
+                f"path); run jac from the folder that holds it, or give a path: {example}"
             ) from exc
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
     except Exception as exc:
@@ -188,4 +194,3 @@ def _needs_arguments(obj: Any) -> bool:
     except ValueError:
         return False
     return False
-

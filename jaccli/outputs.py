@@ -109,8 +109,7 @@ def encode(fh: IO[bytes], fmt: str, results: dict[str, Any]) -> None:
 def document(results: dict[str, Any]) -> dict[str, Any]:
     """``{key: {dtype, shape, data}}`` with plain Python numbers."""
     return {
-        key: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a.tolist()}
-        for key, a in results.items()
+        key: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a.tolist()} for key, a in results.items()
     }
 
 

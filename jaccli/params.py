@@ -94,8 +94,13 @@ def _stack(*decorators: Callable) -> Callable:
 
 def array_option(short: str, long: str, help_text: str, required: bool = False) -> Callable:
     return click.option(
-        short, long, "values_" + long.strip("-"), multiple=True, required=required,
-        metavar="SOURCE", help=help_text,
+        short,
+        long,
+        "values_" + long.strip("-"),
+        multiple=True,
+        required=required,
+        metavar="SOURCE",
+        help=help_text,
     )
 
 
@@ -107,49 +112,97 @@ SOURCE_HELP = (
 function_and_primals = _stack(
     click.argument("func", type=FuncType(), metavar="FUNC"),
     array_option(
-        "-p", "--primals",
+        "-p",
+        "--primals",
         f"One positional argument of FUNC, repeatable: {SOURCE_HELP} (primals need a shape: "
         "randn:3,2). An .npz or YAML mapping gives one argument per array.",
         required=True,
     ),
-    click.option("--kwarg", "kwargs", multiple=True, type=KwargType(),
-                 help="Keyword argument NAME=VALUE, VALUE read as YAML (never differentiated). Repeatable."),
+    click.option(
+        "--kwarg",
+        "kwargs",
+        multiple=True,
+        type=KwargType(),
+        help="Keyword argument NAME=VALUE, VALUE read as YAML (never differentiated). Repeatable.",
+    ),
     click.option("--has-aux", is_flag=True, help="FUNC returns (output, aux); aux is passed through."),
-    click.option("--strict", is_flag=True,
-                 help="An output that does not depend on a differentiated input is an error, not zeros."),
+    click.option(
+        "--strict",
+        is_flag=True,
+        help="An output that does not depend on a differentiated input is an error, not zeros.",
+    ),
 )
 
 inputs_and_device = _stack(
-    click.option("--dtype", type=click.Choice(FLOAT_DTYPES),
-                 help="Cast all floating inputs (default: .npy keeps its dtype; YAML and literals float32)."),
-    click.option("--device", default="cpu", show_default=True, type=DeviceType(),
-                 help="cpu, cuda, cuda:N, or auto (CUDA when available)."),
+    click.option(
+        "--dtype",
+        type=click.Choice(FLOAT_DTYPES),
+        help="Cast all floating inputs (default: .npy keeps its dtype; YAML and literals float32).",
+    ),
+    click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        type=DeviceType(),
+        help="cpu, cuda, cuda:N, or auto (CUDA when available).",
+    ),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed for randn."),
 )
 
 output_options = _stack(
-    click.option("-o", "--out", metavar="PATH",
-                 help="Write all results to .npz, .npy, .yaml or .json (atomically); '-' for stdout."),
-    click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True,
-                 help="What goes to standard output when there is no -o (or with -o -)."),
+    click.option(
+        "-o",
+        "--out",
+        metavar="PATH",
+        help="Write all results to .npz, .npy, .yaml or .json (atomically); '-' for stdout.",
+    ),
+    click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(OUTPUT_FORMATS),
+        default="text",
+        show_default=True,
+        help="What goes to standard output when there is no -o (or with -o -).",
+    ),
     click.option("--select", metavar="KEY", help="Keep only the result KEY (e.g. jvp, vjp.1, jacobian)."),
 )
 
 timing_options = _stack(
-    click.option("--repeat", type=click.IntRange(min=0), metavar="N",
-                 help="Timed steady-state runs [default: up to 5 within about 1 s]."),
-    click.option("--warmup", type=click.IntRange(min=0), metavar="K",
-                 help="Untimed runs before them [default: 1]."),
-    click.option("--timings", "timings_path", metavar="PATH", help="Also write the timing table as .json or .yaml."),
+    click.option(
+        "--repeat",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Timed steady-state runs [default: up to 5 within about 1 s].",
+    ),
+    click.option(
+        "--warmup", type=click.IntRange(min=0), metavar="K", help="Untimed runs before them [default: 1]."
+    ),
+    click.option(
+        "--timings", "timings_path", metavar="PATH", help="Also write the timing table as .json or .yaml."
+    ),
     click.option("--no-timings", is_flag=True, help="Leave the timing table out."),
     click.option("-q", "--quiet", is_flag=True, help="Print nothing but results and errors."),
-    click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug,
-                 help="Show the full traceback on errors."),
+    click.option(
+        "--debug",
+        is_flag=True,
+        is_eager=True,
+        expose_value=False,
+        callback=_set_debug,
+        help="Show the full traceback on errors.",
+    ),
 )
 
 jacobian_options = _stack(
-    click.option("--argnums", type=ArgnumsType(), default="0", show_default=True,
-                 help="Which primal(s) to differentiate: 0, or several as 0,2 (keys jacobian.0, jacobian.1)."),
-    click.option("--flatten", is_flag=True,
-                 help="Write each Jacobian as a 2-D matrix: output elements x input elements."),
+    click.option(
+        "--argnums",
+        type=ArgnumsType(),
+        default="0",
+        show_default=True,
+        help="Which primal(s) to differentiate: 0, or several as 0,2 (keys jacobian.0, jacobian.1).",
+    ),
+    click.option(
+        "--flatten",
+        is_flag=True,
+        help="Write each Jacobian as a 2-D matrix: output elements x input elements.",
+    ),
 )

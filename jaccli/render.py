@@ -26,7 +26,9 @@ def jacobian_note(info: Any, flattened: bool) -> str:
     )
 
 
-def render_text(stream: IO[str], results: dict[str, Any], notes: dict[str, str], dtypes: dict[str, str]) -> None:
+def render_text(
+    stream: IO[str], results: dict[str, Any], notes: dict[str, str], dtypes: dict[str, str]
+) -> None:
     """Each result: its key, shape and dtype, a note where one helps, then the values."""
     import numpy as np
     from rich.console import Console

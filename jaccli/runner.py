@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO, Callable, Sequence, Union
+from typing import IO, Any, BinaryIO, Callable, Union
 
 from jaccli import trees
 from jaccli.errors import InputError
@@ -124,7 +125,9 @@ def _run(request: Request) -> Outcome:
         check_call(func, len(primals), request.kwargs, str(name))
         tangents = None
         if request.command == "jvp":
-            tangents = arguments.tangent_tensors(_sources(request.tangents, "--tangents", stdin), primals, rng)
+            tangents = arguments.tangent_tensors(
+                _sources(request.tangents, "--tangents", stdin), primals, rng
+            )
         elif request.tangents:
             raise InputError(f"--tangents is for jvp; {request.command} does not take it")
         cotangent_sources = _sources(request.cotangents, "--cotangents", stdin)
@@ -157,8 +160,14 @@ def _run(request: Request) -> Outcome:
 
     def derivative():
         return transforms.compute(
-            request.command, fn, primals, tangents=tangents, cotangents=cotangents,
-            argnums=argnums, has_aux=request.has_aux, chunk_size=request.chunk_size,
+            request.command,
+            fn,
+            primals,
+            tangents=tangents,
+            cotangents=cotangents,
+            argnums=argnums,
+            has_aux=request.has_aux,
+            chunk_size=request.chunk_size,
             randomness=request.randomness,
         )
 
@@ -188,7 +197,7 @@ def _run(request: Request) -> Outcome:
         engine="torch.func",
         device=str(device),
         dtype=str(primals[0].dtype).replace("torch.", ""),
-        torch=torch.__version__,
+        torch=str(torch.__version__),
         cost_ratio=timings.ratio("steady-state compute", "function alone"),
     )
     return Outcome(results, notes, dtypes, timings)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 # Without --repeat, steady-state runs stop once they have taken this long (at least one runs),
 # so a slow Jacobian is not computed many times over just to be timed.
@@ -53,9 +54,7 @@ class Timings:
             self.sync()
             self.phases.append(Phase(name, [time.perf_counter() - start]))
 
-    def series(
-        self, name: str, fn: Callable[[], Any], repeat: int | None, warmup: int | None
-    ) -> Phase:
+    def series(self, name: str, fn: Callable[[], Any], repeat: int | None, warmup: int | None) -> Phase:
         """Run ``fn`` ``warmup`` times untimed, then ``repeat`` times timed.
 
         ``repeat=None`` means up to DEFAULT_REPEAT runs within AUTO_BUDGET_S (at least one).

@@ -16,8 +16,9 @@ the user's function or its derivative runs becomes a FunctionError (exit 3).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from jaccli import trees
 from jaccli.errors import FunctionError, InputError, describe
@@ -99,8 +100,7 @@ def normalize_argnums(argnums: int | Sequence[int], n_primals: int) -> int | tup
     for a in items:
         if not -n_primals <= a < n_primals:
             raise InputError(
-                f"--argnums {a} is out of range: there are {n_primals} primal(s), indices "
-                f"0..{n_primals - 1}"
+                f"--argnums {a} is out of range: there are {n_primals} primal(s), indices 0..{n_primals - 1}"
             )
         out.append(a % n_primals)
     if len(set(out)) != len(out):
@@ -186,9 +186,7 @@ def layout(
     return keys
 
 
-def strict_check(
-    func: Callable[..., Any], primals: Sequence[Any], wrt: Sequence[int], has_aux: bool
-) -> None:
+def strict_check(func: Callable[..., Any], primals: Sequence[Any], wrt: Sequence[int], has_aux: bool) -> None:
     """--strict: an output that does not depend on a differentiated input is an error.
 
     Dependence is read off the autograd graph (as torch.autograd.functional's strict mode does):

@@ -6,7 +6,8 @@ Keys follow the contract: the path of a leaf in what torch.func returns, parts j
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 
 def is_node(obj: Any) -> bool:

@@ -53,13 +53,22 @@ def jac(*args: str, input: bytes | str | None = None) -> Run:
     return Run(code, stdout_bytes, stderr)
 
 
-def jac_process(*args: str, input: bytes | None = None, cwd: str | os.PathLike | None = None,
-                env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def jac_process(
+    *args: str,
+    input: bytes | None = None,
+    cwd: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
     """Run ``python -m jaccli ARGS`` as a real process (bytes in, bytes out)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "jaccli", *args], input=input, capture_output=True,
-        cwd=cwd, env=full_env, timeout=timeout,
+        [sys.executable, "-m", "jaccli", *args],
+        input=input,
+        capture_output=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
     )
 
 
