@@ -441,10 +441,10 @@ def rowsoft(a):
 """
 
 FD_CASES = [
-    pytest.param("jt_fd:make()", lambda m: m.make(), [(4,)], id="tanh-mlp-factory"),
-    pytest.param("jt_fd:rosenbrock", lambda m: m.rosenbrock, [(5,)], id="rosenbrock"),
-    pytest.param("jt_fd:mixed", lambda m: m.mixed, [(3,), (2,)], id="two-inputs-tuple-output"),
-    pytest.param("jt_fd:rowsoft", lambda m: m.rowsoft, [(3, 4)], id="2d-input"),
+    pytest.param(("jt_fd:make()", lambda m: m.make(), [(4,)]), id="tanh-mlp-factory"),
+    pytest.param(("jt_fd:rosenbrock", lambda m: m.rosenbrock, [(5,)]), id="rosenbrock"),
+    pytest.param(("jt_fd:mixed", lambda m: m.mixed, [(3,), (2,)]), id="two-inputs-tuple-output"),
+    pytest.param(("jt_fd:rowsoft", lambda m: m.rowsoft, [(3, 4)]), id="2d-input"),
 ]
 EPS = 1e-6
 
