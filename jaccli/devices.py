@@ -59,3 +59,16 @@ def _why_no_cuda() -> str:
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU-only build"
     return "no CUDA device or driver was found"
+
+
+def place_module(func, device, dtype: str | None) -> None:
+    """Move an ``nn.Module`` FUNC (or the module behind a bound method) to the device.
+
+    With ``--dtype``, its floating parameters and buffers are cast too, so a float64 check of
+    a float32 layer runs in float64 throughout. Plain functions are left as they are.
+    """
+    import torch
+
+    module = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
+    if isinstance(module, torch.nn.Module):
+        module.to(device=device, dtype=getattr(torch, dtype) if dtype else None)

@@ -105,7 +105,7 @@ def _run(request: Request) -> Outcome:
     import numpy as np
 
     from jaccli import arguments, transforms
-    from jaccli.devices import resolve_device, synchronizer
+    from jaccli.devices import place_module, resolve_device, synchronizer
     from jaccli.inputs import Stdin
     from jaccli.loading import check_call, load_function
     from jaccli.render import jacobian_note
@@ -135,6 +135,7 @@ def _run(request: Request) -> Outcome:
             raise InputError(f"--cotangents is for vjp; {request.command} does not take it")
         argnums = transforms.normalize_argnums(request.argnums, len(primals))
     with timings.phase("move to device"):
+        place_module(func, device, request.dtype)
         primals = [p.to(device) for p in primals]
         tangents = [t.to(device) for t in tangents] if tangents is not None else None
 

@@ -238,13 +238,13 @@ def guarded(fn: Callable[[], Any], what: str) -> Any:
                 "; an operator here has no forward-mode formula: use reverse mode "
                 "(jac vjp, jac jacrev) instead"
             )
+        elif "randomness" in text and what == "jacfwd":
+            hint = "; the function draws random numbers: pass --randomness same or different"
         elif what in JACOBIAN_COMMANDS and any(s in text for s in _VMAP_TROUBLE):
             hint = (
                 f"; {what} batches the function with vmap, which this function does not support "
                 "(.item(), data-dependent control flow, in-place ops): use jvp or vjp per direction"
             )
-        elif "randomness" in text and what == "jacfwd":
-            hint = "; the function draws random numbers: pass --randomness same or different"
         raise FunctionError(f"{what} raised {describe(exc)}{hint}") from exc
 
 

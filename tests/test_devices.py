@@ -73,3 +73,27 @@ def test_cuda_matches_cpu(command):
     assert "device cuda:0" in gpu.stderr
     for key, value in cpu.npz().items():
         np.testing.assert_allclose(gpu.npz()[key], value, rtol=1e-12, atol=1e-12)
+
+
+def test_module_follows_dtype_flag():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlp_example", EXAMPLES / "mlp.py")
+    mlp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mlp)
+    x = np.load(EXAMPLES / "mlp_x.npy")
+    expected = torch.func.jacrev(mlp.model().double())(torch.from_numpy(x).double())
+    run = jac(
+        "jacrev",
+        f"{EXAMPLES}/mlp.py:model()",
+        "-p",
+        f"{EXAMPLES}/mlp_x.npy",
+        "--dtype",
+        "float64",
+        "--format",
+        "npz",
+    )
+    assert run.code == 0, run
+    got = run.npz()["jacobian"]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-13, atol=1e-15)

@@ -30,8 +30,13 @@ from conftest import EXAMPLES, assert_clean_error, jac, write_module
 # npz on stdout, nothing on stderr, one timed run: fast, and parseable with Run.npz().
 NPZ = ("--format", "npz", "--no-timings", "--repeat", "1", "--warmup", "0")
 REQUIRED_PHASES = (
-    "load function", "read inputs", "move to device", "first call",
-    "steady-state compute", "function alone", "write",
+    "load function",
+    "read inputs",
+    "move to device",
+    "first call",
+    "steady-state compute",
+    "function alone",
+    "write",
 )
 
 
@@ -158,7 +163,10 @@ def seeds(workdir):
 
 # torch.func.jvp ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("tangent", [["-t", "1.0"], ["-t", "ones"], []], ids=["t-literal", "t-ones", "t-omitted"])
+
+@pytest.mark.parametrize(
+    "tangent", [["-t", "1.0"], ["-t", "ones"], []], ids=["t-literal", "t-ones", "t-omitted"]
+)
 def test_seed_func_jvp_r1_to_rn(seeds, workdir, tangent):
     x = np.array(-0.7345)  # the seed's torch.randn([]): a 0-d primal
     res = npz("jvp", "jt_seeds:r1_to_rn", "-p", save(workdir / "x.npy", x), *tangent)
@@ -173,8 +181,18 @@ def test_seed_func_jvp_r1_to_rn(seeds, workdir, tangent):
 
 def test_seed_func_jvp_two_inputs(seeds, workdir):
     x, y = rng(1).standard_normal(5), rng(2).standard_normal(5)
-    res = npz("jvp", "jt_seeds:mul", "-p", save(workdir / "x.npy", x), "-p", save(workdir / "y.npy", y),
-              "-t", "ones", "-t", "ones")
+    res = npz(
+        "jvp",
+        "jt_seeds:mul",
+        "-p",
+        save(workdir / "x.npy", x),
+        "-p",
+        save(workdir / "y.npy", y),
+        "-t",
+        "ones",
+        "-t",
+        "ones",
+    )
     _, direct = TF.jvp(seeds.mul, (t(x), t(y)), (torch.ones(5, dtype=torch.float64),) * 2)
     exact(res["jvp"], direct)
     exact(res["jvp"], x + y)  # the seed's assertion: J.(1, 1) = x + y, exact in floating point
@@ -182,6 +200,7 @@ def test_seed_func_jvp_two_inputs(seeds, workdir):
 
 
 # torch.func.vjp ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cot", [[], ["-u", "1.0"], ["-u", "ones"]], ids=["u-omitted", "u-literal", "u-ones"])
 def test_seed_vjp_is_grad(seeds, workdir, cot):
@@ -205,25 +224,45 @@ def test_seed_vjp_tuple_output(seeds, workdir):
     exact(res["output.1"], np.cos(x))
     # and with two different cotangents from files, against torch.func.vjp
     u0, u1 = rng(5).standard_normal(5), rng(6).standard_normal(5)
-    res = npz("vjp", "jt_seeds:sin_cos", "-p", px,
-              "-u", save(workdir / "u0.npy", u0), "-u", save(workdir / "u1.npy", u1))
+    res = npz(
+        "vjp",
+        "jt_seeds:sin_cos",
+        "-p",
+        px,
+        "-u",
+        save(workdir / "u0.npy", u0),
+        "-u",
+        save(workdir / "u1.npy", u1),
+    )
     _, fn = TF.vjp(seeds.sin_cos, t(x))
     (direct,) = fn((t(u0), t(u1)))
     close(res["vjp.0"], direct, rtol=1e-15, atol=0)
     close(res["vjp.0"], u0 * np.cos(x) - u1 * np.sin(x), rtol=1e-13)
+    # one .npz, or a YAML list of arrays, stands for one cotangent per element, in order
+    np.savez(workdir / "u.npz", p=u0, q=u1)
+    (workdir / "u.yaml").write_text(
+        yaml.safe_dump([{"data": u0.tolist(), "dtype": "float64"}, {"data": u1.tolist(), "dtype": "float64"}])
+    )
+    for source in ("u.npz", "u.yaml"):
+        again = npz("vjp", "jt_seeds:sin_cos", "-p", px, "-u", source)
+        exact(again["vjp.0"], res["vjp.0"])
 
 
-@pytest.mark.parametrize("form", ["yaml", "npz", "npz-reversed", "stdin-npz"])
+@pytest.mark.parametrize("form", ["yaml", "npz", "npz-reversed", "stdin-npz", "stdin-yaml"])
 def test_seed_vjp_dict_output(seeds, workdir, form):
     x = rng(7).standard_normal(5)
     first, second = rng(8).standard_normal(5), rng(9).standard_normal(5)
     stdin = None
     if form == "yaml":
         path = workdir / "u.yaml"
-        path.write_text(yaml.safe_dump({
-            "first": {"data": first.tolist(), "dtype": "float64"},
-            "second": {"data": second.tolist(), "dtype": "float64"},
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "first": {"data": first.tolist(), "dtype": "float64"},
+                    "second": {"data": second.tolist(), "dtype": "float64"},
+                }
+            )
+        )
         source = str(path)
     elif form == "npz":
         source = str(workdir / "u.npz")
@@ -231,10 +270,13 @@ def test_seed_vjp_dict_output(seeds, workdir, form):
     elif form == "npz-reversed":  # matched by key, not by position
         source = str(workdir / "u.npz")
         np.savez(source, second=second, first=first)
-    else:
+    elif form == "stdin-npz":
         buf = io.BytesIO()
         np.savez(buf, first=first, second=second)
         stdin, source = buf.getvalue(), "-"
+    else:
+        doc = {"second": {"data": second.tolist(), "dtype": "float64"}, "first": first.tolist()}
+        stdin, source = yaml.safe_dump(doc, sort_keys=False), "-"
     res = npz("vjp", "jt_seeds:sin_cos_dict", "-p", save(workdir / "x.npy", x), "-u", source, input=stdin)
     assert list(res) == ["output.first", "output.second", "vjp.0"]
     _, fn = TF.vjp(seeds.sin_cos_dict, t(x))
@@ -254,8 +296,16 @@ def test_seed_vjp_dict_output_ones(seeds, workdir):
 def test_seed_vjp_matmul_two_primals(seeds, workdir, func):
     x, y = rng(11).standard_normal((5, 4)), rng(12).standard_normal((4, 5))
     u = rng(13).standard_normal((5, 5))
-    res = npz("vjp", func, "-p", save(workdir / "x.npy", x), "-p", save(workdir / "y.npy", y),
-              "-u", save(workdir / "u.npy", u))
+    res = npz(
+        "vjp",
+        func,
+        "-p",
+        save(workdir / "x.npy", x),
+        "-p",
+        save(workdir / "y.npy", y),
+        "-u",
+        save(workdir / "u.npy", u),
+    )
     assert list(res) == ["output", "vjp.0", "vjp.1"]
     _, fn = TF.vjp(torch.matmul, t(x), t(y))
     d0, d1 = fn(t(u))
@@ -266,7 +316,9 @@ def test_seed_vjp_matmul_two_primals(seeds, workdir, func):
     close(res["output"], x @ y)
 
 
-@pytest.mark.parametrize("kwarg, scale", [([], 4.0), (["--kwarg", "scale=2.5"], 2.5)], ids=["default", "kwarg"])
+@pytest.mark.parametrize(
+    "kwarg, scale", [([], 4.0), (["--kwarg", "scale=2.5"], 2.5)], ids=["default", "kwarg"]
+)
 def test_seed_vjp_kwargs(seeds, workdir, kwarg, scale):
     x = rng(14).standard_normal(5)
     res = npz("vjp", "jt_seeds:scaled", "-p", save(workdir / "x.npy", x), "-u", "ones", *kwarg)
@@ -276,6 +328,7 @@ def test_seed_vjp_kwargs(seeds, workdir, kwarg, scale):
 
 
 # torch.func.jacfwd ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", ["jacfwd", "jacrev"])
 def test_seed_jacfwd_sin_is_diag_cos(workdir, command):
@@ -329,6 +382,7 @@ def test_seed_jacfwd_argnums(seeds, workdir, command):
 
 # torch.autograd.functional.jvp ---------------------------------------------------------------
 
+
 def test_seed_autograd_jvp_exp_reducer(seeds, workdir):
     x = rng(20).random((4, 4))
     res = npz("jvp", "jt_seeds:exp_reducer", "-p", save(workdir / "x.npy", x), "-t", "ones")
@@ -341,8 +395,16 @@ def test_seed_autograd_jvp_exp_reducer(seeds, workdir):
 
 def test_seed_autograd_jvp_adder(seeds, workdir):
     x, y = rng(21).random(2), rng(22).random(2)
-    res = npz("jvp", "jt_seeds:adder", "-p", save(workdir / "x.npy", x), "-p", save(workdir / "y.npy", y),
-              "-t", "ones")
+    res = npz(
+        "jvp",
+        "jt_seeds:adder",
+        "-p",
+        save(workdir / "x.npy", x),
+        "-p",
+        save(workdir / "y.npy", y),
+        "-t",
+        "ones",
+    )
     value, direct = AF.jvp(seeds.adder, (t(x), t(y)), (torch.ones(2, dtype=torch.float64),) * 2)
     exact(res["jvp"], direct)
     exact(res["jvp"], [5.0, 5.0])  # the seed's documented answer
@@ -358,13 +420,15 @@ def test_seed_autograd_jvp_v_omitted_for_one_element(seeds, workdir):
 
     # every primal one element (a 1-element array too): all tangents default to one
     res = npz("jvp", "jt_seeds:adder", "-p", "0.5", "-p", "[0.25]")
-    value, direct = AF.jvp(seeds.adder, (torch.tensor(0.5), torch.tensor([0.25])))
+    primals = (torch.tensor(0.5), torch.tensor([0.25]))
+    value, direct = AF.jvp(seeds.adder, primals, tuple(torch.ones_like(p) for p in primals))
     exact(res["jvp"], direct)
     exact(res["jvp"], np.array([5.0], np.float32))
     exact(res["output"], value)
 
 
 # the forum question: 2-D inputs ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("form", ["example-files", "literals", "float64"])
 def test_seed_forum_2d_jvp(seeds, workdir, form):
@@ -525,7 +589,7 @@ def test_fd_vjp(fd_case, workdir):
     for i, u in enumerate(us):
         uargs += ["-u", save(workdir / f"u{i}.npy", u)]
     res = npz("vjp", spec, *args, *uargs)
-    assert list(res)[-len(primals):] == [f"vjp.{i}" for i in range(len(primals))]
+    assert list(res)[-len(primals) :] == [f"vjp.{i}" for i in range(len(primals))]
     u_flat = np.concatenate([u.ravel() for u in us])
     for i, (p, block) in enumerate(zip(primals, fd_jacobian(f, primals))):
         got = res[f"vjp.{i}"]
@@ -548,8 +612,8 @@ def test_fd_jacfwd_jacrev(fd_case):
             key = "jacobian" + (f".{o}" if many_outs else "") + (f".{a}" if many_args else "")
             assert fwd[key].shape == oshape + p.shape, key
             close(fwd[key], rev[key], rtol=1e-12, atol=1e-13)
-            fd_close(fwd[key].reshape(rows, p.size), blocks[a][row:row + rows])
-            fd_close(rev[key].reshape(rows, p.size), blocks[a][row:row + rows])
+            fd_close(fwd[key].reshape(rows, p.size), blocks[a][row : row + rows])
+            fd_close(rev[key].reshape(rows, p.size), blocks[a][row : row + rows])
         row += rows
     assert len(fwd) == len(out_shapes) * len(primals)
 
@@ -669,18 +733,21 @@ model = Model()
 """
 
 
-@pytest.mark.parametrize("func", [
-    "jt_forms:f",
-    "jt_pkg.inner:f",
-    "lib/jt_formfile.py:f",
-    "ABSOLUTE/lib/jt_formfile.py:f",
-    "jt_forms:Obj.method",
-    "jt_forms:scaler.apply",
-    "jt_forms:ns.attr",
-    "jt_forms:factory()",
-    "jt_forms:model",
-    "jt_forms:Model()",
-])
+@pytest.mark.parametrize(
+    "func",
+    [
+        "jt_forms:f",
+        "jt_pkg.inner:f",
+        "lib/jt_formfile.py:f",
+        "ABSOLUTE/lib/jt_formfile.py:f",
+        "jt_forms:Obj.method",
+        "jt_forms:scaler.apply",
+        "jt_forms:ns.attr",
+        "jt_forms:factory()",
+        "jt_forms:model",
+        "jt_forms:Model()",
+    ],
+)
 def test_func_forms(workdir, monkeypatch, func):
     write_module(workdir, "jt_forms", FORMS)
     pkg = workdir / "jt_pkg"
@@ -779,6 +846,7 @@ def test_kwarg_yaml_values(feat, workdir):
 
 
 # input forms ---------------------------------------------------------------------------------
+
 
 def seen(*sources: str, extra: tuple = (), input: bytes | str | None = None) -> list[np.ndarray]:
     """The primals jac made of ``-p`` sources: the identity gives them back as outputs."""
@@ -881,22 +949,28 @@ def test_input_npz_dtypes_kept(feat, workdir):
     exact(second, b)
 
 
-@pytest.mark.parametrize("literal, expected", [
-    ("[1.0, 2.0]", np.array([1.0, 2.0], np.float32)),
-    ("0.5", np.array(0.5, np.float32)),
-    ("[[1, 2], [3, 4]]", np.array([[1, 2], [3, 4]], np.float32)),
-    ("-2.5e-1", np.array(-0.25, np.float32)),
-])
+@pytest.mark.parametrize(
+    "literal, expected",
+    [
+        ("[1.0, 2.0]", np.array([1.0, 2.0], np.float32)),
+        ("0.5", np.array(0.5, np.float32)),
+        ("[[1, 2], [3, 4]]", np.array([[1, 2], [3, 4]], np.float32)),
+        ("-2.5e-1", np.array(-0.25, np.float32)),
+    ],
+)
 def test_input_inline_literals(feat, literal, expected):
     (got,) = seen(literal)
     exact(got, expected)
 
 
-@pytest.mark.parametrize("gen, expected", [
-    ("ones:3,2", np.ones((3, 2), np.float32)),
-    ("zeros:4", np.zeros(4, np.float32)),
-    ("ones:", np.ones((), np.float32)),
-])
+@pytest.mark.parametrize(
+    "gen, expected",
+    [
+        ("ones:3,2", np.ones((3, 2), np.float32)),
+        ("zeros:4", np.zeros(4, np.float32)),
+        ("ones:", np.ones((), np.float32)),
+    ],
+)
 def test_input_generators(feat, gen, expected):
     (got,) = seen(gen)
     exact(got, expected)
@@ -921,6 +995,7 @@ def test_input_randn_seed(feat):
 
 
 # dtype rules ---------------------------------------------------------------------------------
+
 
 def test_dtype_flag_casts(feat, workdir):
     (got,) = seen("0.1", extra=("--dtype", "float64"))
@@ -948,8 +1023,16 @@ def test_dtype_integer_arrays_promoted(feat, workdir):
     (got,) = seen(save(workdir / "i.npy", ints, np.int64), extra=("--dtype", "float64"))
     exact(got, ints.astype(np.float64))
     # and the derivative is computed in that dtype
-    res = npz("jvp", "jt_feat:lin", "-p", save(workdir / "i.npy", ints, np.int64), "-p", save(workdir / "x.npy", x),
-              "-t", "ones")
+    res = npz(
+        "jvp",
+        "jt_feat:lin",
+        "-p",
+        save(workdir / "i.npy", ints, np.int64),
+        "-p",
+        save(workdir / "x.npy", x),
+        "-t",
+        "ones",
+    )
     exact(res["output"], ints - 3 * x)
     exact(res["jvp"], np.full(3, -2.0))
 
@@ -957,13 +1040,20 @@ def test_dtype_integer_arrays_promoted(feat, workdir):
 def test_dtype_tangents_follow_primals(feat, workdir):
     x = rng(52).standard_normal(3).astype(np.float32)
     v = rng(53).standard_normal(3)
-    res = npz("jvp", "jt_feat:double", "-p", save(workdir / "x.npy", x, np.float32),
-              "-t", save(workdir / "v.npy", v))
+    res = npz(
+        "jvp",
+        "jt_feat:double",
+        "-p",
+        save(workdir / "x.npy", x, np.float32),
+        "-t",
+        save(workdir / "v.npy", v),
+    )
     exact(res["jvp"], 2 * v.astype(np.float32))
     exact(res["output"], 2 * x)
 
 
 # repeated options, generators for tangents and cotangents ------------------------------------
+
 
 def test_repeated_primals_and_tangents(feat, workdir):
     gen = rng(54)
@@ -984,8 +1074,18 @@ def test_repeated_primals_and_tangents(feat, workdir):
 def test_repeated_cotangents(feat, workdir):
     x, y = rng(55).standard_normal(3), rng(56).standard_normal(3)
     u0, u1 = rng(57).standard_normal(3), rng(58).standard_normal(3)
-    res = npz("vjp", "jt_feat:two_out", "-p", save(workdir / "x.npy", x), "-p", save(workdir / "y.npy", y),
-              "-u", save(workdir / "u0.npy", u0), "-u", save(workdir / "u1.npy", u1))
+    res = npz(
+        "vjp",
+        "jt_feat:two_out",
+        "-p",
+        save(workdir / "x.npy", x),
+        "-p",
+        save(workdir / "y.npy", y),
+        "-u",
+        save(workdir / "u0.npy", u0),
+        "-u",
+        save(workdir / "u1.npy", u1),
+    )
     assert list(res) == ["output.0", "output.1", "vjp.0", "vjp.1"]
     _, fn = TF.vjp(feat.two_out, t(x), t(y))
     d0, d1 = fn((t(u0), t(u1)))
@@ -1032,6 +1132,7 @@ def test_lone_generator_cotangent_stands_for_all(feat, workdir):
 
 # tuple and dict outputs ----------------------------------------------------------------------
 
+
 def test_tuple_output_keys(feat, workdir):
     x, v = rng(63).standard_normal(4), rng(64).standard_normal(4)
     res = npz("jvp", "jt_feat:sincos", "-p", save(workdir / "x.npy", x), "-t", save(workdir / "v.npy", v))
@@ -1071,7 +1172,9 @@ def test_dict_output_keys_jvp_and_vjp(workdir):
     res = npz("vjp", func, "-p", f"{EXAMPLES}/xy.npz", "-u", f"{EXAMPLES}/u.yaml")
     assert list(res) == ["output.product", "output.energy", "vjp.0", "vjp.1"]
     _, fn = TF.vjp(f, x, y)
-    d0, d1 = fn({"product": torch.ones(3, dtype=torch.float64), "energy": torch.tensor(1.0, dtype=torch.float64)})
+    d0, d1 = fn(
+        {"product": torch.ones(3, dtype=torch.float64), "energy": torch.tensor(1.0, dtype=torch.float64)}
+    )
     close(res["vjp.0"], d0, rtol=1e-15, atol=0)
     close(res["vjp.1"], d1, rtol=1e-15, atol=0)
     close(res["vjp.0"], z["y"] + 2 * z["x"], rtol=1e-14)
@@ -1082,8 +1185,16 @@ def test_dict_output_keys_jvp_and_vjp(workdir):
 def test_dict_output_several_argnums(workdir, command):
     f = _two_inputs()
     z = np.load(EXAMPLES / "xy.npz")
-    res = npz(command, f"{EXAMPLES}/two_inputs.py:f", "-p", f"{EXAMPLES}/xy.npz",
-              "--argnums", "0,1", "--kwarg", "scale=2.0")
+    res = npz(
+        command,
+        f"{EXAMPLES}/two_inputs.py:f",
+        "-p",
+        f"{EXAMPLES}/xy.npz",
+        "--argnums",
+        "0,1",
+        "--kwarg",
+        "scale=2.0",
+    )
     assert list(res) == ["jacobian.product.0", "jacobian.product.1", "jacobian.energy.0", "jacobian.energy.1"]
     direct = getattr(TF, command)(lambda a, b: f(a, b, scale=2.0), argnums=(0, 1))(t(z["x"]), t(z["y"]))
     for out in ("product", "energy"):
@@ -1094,6 +1205,7 @@ def test_dict_output_several_argnums(workdir, command):
 
 
 # transform options ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", ["jvp", "vjp", "jacfwd", "jacrev"])
 def test_has_aux(feat, workdir, command):
@@ -1165,6 +1277,37 @@ def test_several_outputs_several_argnums(feat, workdir, command):
         exact(flat[key], res[key].reshape(3, 3))
 
 
+@pytest.mark.parametrize("command", ["jacfwd", "jacrev"])
+def test_argnums_trailing_comma_is_a_tuple(feat, workdir, command):
+    x = rng(87).standard_normal(3)
+    res = npz(command, "jt_feat:double", "-p", save(workdir / "x.npy", x), "--argnums", "0,")
+    assert list(res) == ["jacobian.0"]  # argnums=(0,) in torch.func: a tuple of one
+    exact(res["jacobian.0"], 2 * np.eye(3))
+
+
+@pytest.mark.parametrize("command", ["jacfwd", "jacrev"])
+def test_flatten_scalar_output_and_scalar_input(seeds, feat, workdir, command):
+    x = rng(88).standard_normal(5)
+    full = npz(command, "jt_seeds:sin_sum", "-p", save(workdir / "x.npy", x))["jacobian"]
+    flat = npz(command, "jt_seeds:sin_sum", "-p", save(workdir / "x.npy", x), "--flatten")["jacobian"]
+    assert full.shape == (5,) and flat.shape == (1, 5)
+    exact(flat, full.reshape(1, 5))
+    close(full, np.cos(x), rtol=1e-15)
+    # a 0-d input: (3,) as it is, (3, 1) flattened
+    s = save(workdir / "s.npy", np.array(0.3))
+    full = npz(command, "jt_seeds:r1_to_rn", "-p", s)["jacobian"]
+    flat = npz(command, "jt_seeds:r1_to_rn", "-p", s, "--flatten")["jacobian"]
+    exact(full, getattr(TF, command)(seeds.r1_to_rn)(torch.tensor(0.3, dtype=torch.float64)))
+    np.testing.assert_array_equal(full, [1, 2, 3])  # (jacrev's dtype is the input's, jacfwd's the output's)
+    exact(flat, full.reshape(3, 1))
+    # --flatten with --select: only the chosen block, as a matrix
+    y = rng(89).standard_normal(3)
+    prim = ["-p", save(workdir / "a.npy", x[:3]), "-p", save(workdir / "b.npy", y)]
+    one = npz(command, "jt_feat:two_out", *prim, "--argnums", "0,1", "--flatten", "--select", "jacobian.0.1")
+    assert list(one) == ["jacobian.0.1"]
+    exact(one["jacobian.0.1"], np.diag(x[:3]))
+
+
 @pytest.mark.parametrize("chunk", ["1", "5", "12", "100"])
 def test_chunk_size(feat, workdir, chunk):
     x = rng(70).standard_normal(4)
@@ -1213,8 +1356,12 @@ def test_strict(feat, workdir):
     res = npz("jacrev", "jt_feat:partly", *prim, "--argnums", "0,1")
     exact(res["jacobian.1.1"], np.zeros((3, 3)))
     # ... and an error naming the output and the primal with it
-    for command, extra in (("jvp", tang), ("vjp", ["-u", "ones"]), ("jacfwd", ["--argnums", "1"]),
-                           ("jacrev", ["--argnums", "0,1"])):
+    for command, extra in (
+        ("jvp", tang),
+        ("vjp", ["-u", "ones"]),
+        ("jacfwd", ["--argnums", "1"]),
+        ("jacrev", ["--argnums", "0,1"]),
+    ):
         run = jac(command, "jt_feat:partly", *prim, *extra, "--strict", *NPZ)
         assert_clean_error(run, 3, "output.1", "primal 1")
     run = jac("jvp", "jt_feat:ignores_y", *prim, *tang, "--strict", *NPZ)
@@ -1243,6 +1390,7 @@ def test_select(feat, workdir):
 
 # outputs -------------------------------------------------------------------------------------
 
+
 def _document_arrays(doc: dict) -> dict[str, np.ndarray]:
     out = {}
     for key, entry in doc.items():
@@ -1259,11 +1407,23 @@ def test_out_file_formats(feat, workdir, suffix):
     prim = ["-p", save(workdir / "x.npy", x)]
     path = workdir / f"result{suffix}"
     if suffix == ".npy":  # one result only
-        run = jac("jacrev", "jt_feat:sincos", *prim, "--argnums", "0", "--select", "jacobian.1",
-                  "-o", str(path), "--no-timings")
+        run = jac(
+            "jacrev",
+            "jt_feat:sincos",
+            *prim,
+            "--argnums",
+            "0",
+            "--select",
+            "jacobian.1",
+            "-o",
+            str(path),
+            "--no-timings",
+        )
         expected = {"jacobian.1": TF.jacrev(feat.sincos)(t(x))[1]}
     else:
-        run = jac("jvp", "jt_feat:sincos", *prim, "-t", save(workdir / "v.npy", v), "-o", str(path), "--no-timings")
+        run = jac(
+            "jvp", "jt_feat:sincos", *prim, "-t", save(workdir / "v.npy", v), "-o", str(path), "--no-timings"
+        )
         (o0, o1), (j0, j1) = TF.jvp(feat.sincos, (t(x),), (t(v),))
         expected = {"output.0": o0, "output.1": o1, "jvp.0": j0, "jvp.1": j1}
     assert run.code == 0, run
@@ -1292,25 +1452,62 @@ def test_out_npy_needs_one_result(feat, workdir):
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_out_document_read_back_as_input(feat, workdir, suffix):
     x, v = rng(80).standard_normal(3), rng(81).standard_normal(3)
-    run = jac("jvp", "jt_feat:double", "-p", save(workdir / "x.npy", x), "-t", save(workdir / "v.npy", v),
-              "-o", f"r{suffix}", "--no-timings")
+    run = jac(
+        "jvp",
+        "jt_feat:double",
+        "-p",
+        save(workdir / "x.npy", x),
+        "-t",
+        save(workdir / "v.npy", v),
+        "-o",
+        f"r{suffix}",
+        "--no-timings",
+    )
     assert run.code == 0, run
     # one primal per key: output, then jvp
     res = npz("jvp", "jt_feat:lin", "-p", f"r{suffix}", "-t", "zeros")
     exact(res["output"], 2 * x - 3 * (2 * v))
     # the jvp alone, by --select
-    run = jac("jvp", "jt_feat:double", "-p", save(workdir / "x.npy", x), "-t", save(workdir / "v.npy", v),
-              "--select", "jvp", "-o", f"j{suffix}", "--no-timings")
+    run = jac(
+        "jvp",
+        "jt_feat:double",
+        "-p",
+        save(workdir / "x.npy", x),
+        "-t",
+        save(workdir / "v.npy", v),
+        "--select",
+        "jvp",
+        "-o",
+        f"j{suffix}",
+        "--no-timings",
+    )
     assert run.code == 0, run
     (got,) = seen(f"j{suffix}")
     exact(got, 2 * v)
+    # a 0-d result survives the round trip too
+    run = jac("vjp", "torch:sum", "-p", save(workdir / "x.npy", x), "-o", f"s{suffix}", "--no-timings")
+    assert run.code == 0, run
+    total, grad = seen(f"s{suffix}")
+    exact(total, np.array(x.sum()))
+    exact(grad, np.ones(3))
 
 
 @pytest.mark.parametrize("fmt", ["npz", "json", "yaml", "npy"])
 def test_out_dash_writes_stdout_in_format(feat, workdir, fmt):
     x, v = rng(82).standard_normal(3), rng(83).standard_normal(3)
-    args = ["jvp", "jt_feat:sincos", "-p", save(workdir / "x.npy", x), "-t", save(workdir / "v.npy", v),
-            "-o", "-", "--format", fmt, "--no-timings"]
+    args = [
+        "jvp",
+        "jt_feat:sincos",
+        "-p",
+        save(workdir / "x.npy", x),
+        "-t",
+        save(workdir / "v.npy", v),
+        "-o",
+        "-",
+        "--format",
+        fmt,
+        "--no-timings",
+    ]
     if fmt == "npy":
         args += ["--select", "jvp.0"]
     run = jac(*args)
@@ -1354,11 +1551,22 @@ def test_default_text_format(workdir):
 
 
 def test_default_text_format_values(workdir):
-    run = jac("jvp", f"{EXAMPLES}/quickstart.py:f", "-p", f"{EXAMPLES}/x.npy", "-t", f"{EXAMPLES}/v.npy",
-              "--no-timings")
+    run = jac(
+        "jvp",
+        f"{EXAMPLES}/quickstart.py:f",
+        "-p",
+        f"{EXAMPLES}/x.npy",
+        "-t",
+        f"{EXAMPLES}/v.npy",
+        "--no-timings",
+    )
     assert run.code == 0, run
     assert run.stdout.splitlines() == [
-        "output  shape (3,)  float32", "[4. 4. 4.]", "", "jvp  shape (3,)  float32", "[ 6. 14. 22.]",
+        "output  shape (3,)  float32",
+        "[4. 4. 4.]",
+        "",
+        "jvp  shape (3,)  float32",
+        "[ 6. 14. 22.]",
     ]
     x = rng(84).standard_normal(2)
     run = jac("vjp", "torch:sin", "-p", save(workdir / "x.npy", x), "-u", "ones", "--no-timings")
@@ -1370,14 +1578,33 @@ def test_default_text_format_values(workdir):
 
 # timing table --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["text", "npz"])
 def test_timing_table_on_stderr(workdir, fmt):
-    run = jac("jvp", f"{EXAMPLES}/quickstart.py:f", "-p", f"{EXAMPLES}/x.npy", "-t", f"{EXAMPLES}/v.npy",
-              "--format", fmt, "--repeat", "2", "--warmup", "0")
+    run = jac(
+        "jvp",
+        f"{EXAMPLES}/quickstart.py:f",
+        "-p",
+        f"{EXAMPLES}/x.npy",
+        "-t",
+        f"{EXAMPLES}/v.npy",
+        "--format",
+        fmt,
+        "--repeat",
+        "2",
+        "--warmup",
+        "0",
+    )
     assert run.code == 0, run
     for phase in REQUIRED_PHASES:
         assert phase in run.stderr, phase
-    for word in ("device cpu", "dtype float32", f"torch {torch.__version__}"):
+    for word in (
+        "derivative/function",
+        "median",
+        "device cpu",
+        "dtype float32",
+        f"torch {torch.__version__}",
+    ):
         assert word in run.stderr, word
     if fmt == "npz":
         res = run.npz()  # stdout holds the npz and nothing else
@@ -1391,8 +1618,20 @@ def test_timing_table_on_stderr(workdir, fmt):
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_timings_file(feat, workdir, suffix):
     x = rng(85).standard_normal(3)
-    run = jac("jacrev", "jt_feat:spread", "-p", save(workdir / "x.npy", x), "--format", "npz",
-              "--timings", f"t{suffix}", "--repeat", "3", "--warmup", "0")
+    run = jac(
+        "jacrev",
+        "jt_feat:spread",
+        "-p",
+        save(workdir / "x.npy", x),
+        "--format",
+        "npz",
+        "--timings",
+        f"t{suffix}",
+        "--repeat",
+        "3",
+        "--warmup",
+        "0",
+    )
     assert run.code == 0, run
     close(run.npz()["jacobian"], TF.jacrev(load(workdir, "jt_feat", FEAT).spread)(t(x)), rtol=1e-15, atol=0)
     text = (workdir / f"t{suffix}").read_text()
@@ -1407,6 +1646,7 @@ def test_timings_file(feat, workdir, suffix):
     assert doc["device"] == "cpu"
     assert doc["dtype"] == "float64"
     assert doc["torch"] == torch.__version__
+    assert doc["cost_ratio"] > 0  # the derivative-to-function cost ratio of the footer
     assert "steady-state compute" in run.stderr  # the table is still printed
 
 
@@ -1427,14 +1667,24 @@ def test_no_timings_and_quiet(feat, workdir):
 
 # errors named in the input rules -------------------------------------------------------------
 
-@pytest.mark.parametrize("args, needles", [
-    (["jvp", "jt_feat:double", "-p", "[1.0, 2.0, 3.0]", "-t", "[1.0, 2.0]"], ["tangent 0", "(2,)", "(3,)"]),
-    (["jvp", "jt_feat:lin", "-p", "[1.0]", "-p", "[2.0, 3.0]", "-t", "[1.0]"], ["--tangents"]),
-    (["jvp", "jt_feat:double", "-p", "[1.0, 2.0]"], ["--tangents"]),
-    (["vjp", "jt_feat:sincos", "-p", "[1.0, 2.0]", "-u", "[1.0, 2.0]", "-u", "[1.0]"], ["output.1", "(1,)", "(2,)"]),
-    (["vjp", "jt_feat:double", "-p", "[1.0, 2.0]"], ["--cotangents"]),
-    (["jacrev", "jt_feat:lin", "-p", "[1.0]", "-p", "[2.0]", "--argnums", "0,2"], ["--argnums"]),
-])
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (
+            ["jvp", "jt_feat:double", "-p", "[1.0, 2.0, 3.0]", "-t", "[1.0, 2.0]"],
+            ["tangent 0", "(2,)", "(3,)"],
+        ),
+        (["jvp", "jt_feat:lin", "-p", "[1.0]", "-p", "[2.0, 3.0]", "-t", "[1.0]"], ["--tangents"]),
+        (["jvp", "jt_feat:double", "-p", "[1.0, 2.0]"], ["--tangents"]),
+        (
+            ["vjp", "jt_feat:sincos", "-p", "[1.0, 2.0]", "-u", "[1.0, 2.0]", "-u", "[1.0]"],
+            ["output.1", "(1,)", "(2,)"],
+        ),
+        (["vjp", "jt_feat:double", "-p", "[1.0, 2.0]"], ["--cotangents"]),
+        (["jacrev", "jt_feat:lin", "-p", "[1.0]", "-p", "[2.0]", "--argnums", "0,2"], ["--argnums"]),
+    ],
+)
 def test_input_rule_errors(feat, args, needles):
     assert_clean_error(jac(*args, *NPZ), 2, *needles)
 
@@ -1442,6 +1692,7 @@ def test_input_rule_errors(feat, args, needles):
 # --------------------------------------------------------------------------------------------
 # 4. CUDA (skipped without a GPU)
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("command", ["jvp", "vjp", "jacfwd", "jacrev"])
@@ -1463,23 +1714,65 @@ def test_cuda_matches_cpu(feat, workdir, command):
 
 
 @pytest.mark.cuda
-def test_cuda_auto_picks_gpu(workdir):
-    run = jac("jacrev", f"{EXAMPLES}/mlp.py:model()", "-p", f"{EXAMPLES}/mlp_x.npy", "--format", "npz",
-              "--device", "auto", "--timings", "t.json", "--repeat", "1", "--warmup", "0")
+def test_cuda_auto_picks_gpu(feat, workdir):
+    x = rng(93).standard_normal(4)
+    px = save(workdir / "x.npy", x)
+    run = jac(
+        "jacrev",
+        "jt_feat:spread",
+        "-p",
+        px,
+        "--format",
+        "npz",
+        "--device",
+        "auto",
+        "--timings",
+        "t.json",
+        "--repeat",
+        "1",
+        "--warmup",
+        "0",
+    )
     assert run.code == 0, run
     doc = json.loads((workdir / "t.json").read_text())
     assert doc["device"].startswith("cuda")
     assert "device cuda" in run.stderr
-    cpu = npz("jacrev", f"{EXAMPLES}/mlp.py:model()", "-p", f"{EXAMPLES}/mlp_x.npy")
+    cpu = npz("jacrev", "jt_feat:spread", "-p", px)
     close(run.npz()["jacobian"], cpu["jacobian"], rtol=1e-12, atol=1e-14)
+    close(cpu["jacobian"], TF.jacrev(feat.spread)(t(x)), rtol=1e-15, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("command", ["vjp", "jacrev"])
+def test_cuda_module_parameters_follow_the_device(command):
+    # an nn.Module's parameters are constants of the function: on --device cuda they must be
+    # there too, or the README's own example (examples/mlp.py:model()) cannot run on a GPU
+    args = [command, f"{EXAMPLES}/mlp.py:model()", "-p", f"{EXAMPLES}/mlp_x.npy"]
+    args += ["-u", "ones"] if command == "vjp" else []
+    cpu = npz(*args)
+    gpu = npz(*args, "--device", "cuda")
+    assert list(gpu) == list(cpu)
+    for key in cpu:
+        close(gpu[key], cpu[key], rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.cuda
 def test_cuda_seed_forum_and_kwargs(seeds, workdir):
-    res = npz("jvp", "jt_seeds:forum", "-p", "[[1,1],[1,1],[1,1]]", "-t", "[[1,2],[3,4],[5,6]]",
-              "--device", "cuda")
+    res = npz(
+        "jvp", "jt_seeds:forum", "-p", "[[1,1],[1,1],[1,1]]", "-t", "[[1,2],[3,4],[5,6]]", "--device", "cuda"
+    )
     exact(res["jvp"], np.array([6, 14, 22], np.float32))
     x = rng(92).standard_normal(5)
-    res = npz("vjp", "jt_seeds:scaled", "-p", save(workdir / "x.npy", x), "-u", "ones", "--kwarg", "scale=2.5",
-              "--device", "cuda:0")
+    res = npz(
+        "vjp",
+        "jt_seeds:scaled",
+        "-p",
+        save(workdir / "x.npy", x),
+        "-u",
+        "ones",
+        "--kwarg",
+        "scale=2.5",
+        "--device",
+        "cuda:0",
+    )
     exact(res["vjp.0"], np.full(5, 2.5))
