@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     try:
         result = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK
+    except _NO_ARGS_IS_HELP as exc:  # bare 'jac': the help, as a page, not as an error
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        code = ExitCode.OK
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else prog_name
         _fail(f"{where}: error: {exc.format_message()} (see '{where} --help')")
@@ -241,6 +244,10 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
         )
         code = ExitCode.INTERNAL
     sys.exit(int(code))
+
+
+# click >= 8.2 raises this for a group called with no arguments (older clicks print the help)
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _fail(line: str) -> None:

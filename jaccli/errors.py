@@ -38,3 +38,18 @@ def describe(exc: BaseException) -> str:
     """``TypeName: first line of the message``, for one-line reports of someone else's exception."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def kind_of(obj: object) -> str:
+    """``None``, ``a module``, ``an int``, ``a Tensor``: what an object is, for messages."""
+    import inspect
+
+    if obj is None:
+        return "None"
+    if inspect.ismodule(obj):
+        return "a module"
+    return with_article(type(obj).__name__)
+
+
+def with_article(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Union
 
@@ -52,12 +54,27 @@ class Generator:
     origin: str
 
     def make(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        size = math.prod(shape)
+        limit = _memory_limit()
+        if size * 8 > limit:
+            raise InputError(
+                f"{self.origin}: shape {shape} has {size:,} elements ({size * 8 / 2**30:.1f} GiB "
+                f"in float64), more than the {limit / 2**30:.1f} GiB of memory available"
+            )
         if self.kind == "randn":
             return rng.standard_normal(shape)
         return np.ones(shape) if self.kind == "ones" else np.zeros(shape)
 
 
 Source = Union[Generator, "list[Array]"]
+
+
+def _memory_limit() -> int:
+    """Bytes of physical memory available now (all of it where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62
 
 
 class Stdin:
@@ -173,27 +190,50 @@ def _read_bytes(data: bytes, origin: str) -> list[Array]:
 
 
 def _np_load(file: Any, origin: str, kind: str) -> Any:
-    """``np.load`` with pickles refused, its failures as one-line input errors."""
+    """``np.load`` with pickles refused, its failures as one-line input errors.
+
+    The signature is checked first: numpy takes anything that is neither .npy nor .npz for a
+    pickle, which would make every garbage file read "holds pickled data".
+    """
+    _check_signature(_peek(file), origin, kind)
     try:
         return np.load(file, allow_pickle=False)
     except ValueError as exc:
         raise InputError(f"{origin} cannot be read as {kind}: {_numpy_reason(exc)}") from exc
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{origin} is not a valid {kind} file ({exc}); is it truncated?") from exc
+
+
+def _peek(file: Any) -> bytes:
+    if isinstance(file, io.BytesIO):
+        return file.getvalue()[:8]
+    with open(file, "rb") as fh:
+        return fh.read(8)
+
+
+def _check_signature(head: bytes, origin: str, kind: str) -> None:
+    if head.startswith(_NPY_MAGIC if kind == ".npy" else _ZIP_MAGICS):
+        return
+    if not head:
+        raise InputError(f"{origin} is empty; expected a {kind} file")
+    if head.startswith(_ZIP_MAGICS):
+        raise InputError(f"{origin} holds .npz data; name it .npz")
+    if head.startswith(_NPY_MAGIC):
+        raise InputError(f"{origin} holds a single .npy array; name it .npy")
+    if head.startswith(b"\x80"):
+        raise InputError(
+            f"{origin} is a Python pickle, which jac never loads; save the array with np.save instead"
+        )
+    raise InputError(f"{origin} is not a {kind} file (it lacks the {kind} signature); is it the right file?")
 
 
 def _read_npy(file: Any, origin: str) -> list[Array]:
     data = _np_load(file, origin, ".npy")
-    if isinstance(data, np.lib.npyio.NpzFile):
-        data.close()
-        raise InputError(f"{origin} holds .npz data; name it .npz")
     return [Array(_check_numeric(data, origin), origin, dtype=_dtype_name(data.dtype))]
 
 
 def _read_npz(file: Any, origin: str) -> list[Array]:
     archive = _np_load(file, origin, ".npz")
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise InputError(f"{origin} holds a single .npy array; name it .npy")
     arrays = []
     with archive:
         if not archive.files:
@@ -204,8 +244,10 @@ def _read_npz(file: Any, origin: str) -> list[Array]:
                 data = archive[key]
             except ValueError as exc:
                 raise InputError(f"{where} cannot be read: {_numpy_reason(exc)}") from exc
-            except (OSError, EOFError, Exception) as exc:  # zipfile.BadZipFile, zlib.error
+            except Exception as exc:  # zipfile.BadZipFile, zlib.error, EOFError from a cut file
                 raise InputError(f"{where} cannot be read ({exc}); is the file truncated?") from exc
+            if not isinstance(data, np.ndarray):  # numpy hands back raw bytes for non-.npy members
+                raise InputError(f"{where} is not a .npy array; an .npz holds arrays saved by np.savez")
             arrays.append(Array(_check_numeric(data, where), where, key, _dtype_name(data.dtype)))
     return arrays
 
@@ -213,7 +255,7 @@ def _read_npz(file: Any, origin: str) -> list[Array]:
 def _numpy_reason(exc: ValueError) -> str:
     text = str(exc)
     if "pickle" in text.lower() or "object arrays" in text.lower():
-        return "it holds pickled Python objects, which jac never loads; save a numeric array instead"
+        return "it holds Python objects (dtype object), which jac never unpickles; save a numeric array"
     return text
 
 
@@ -239,6 +281,8 @@ def _from_yaml_text(text: str, origin: str) -> list[Array]:
     try:
         obj = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:
+        if "tag" not in str(exc.problem):
+            raise InputError(f"{origin} is not valid YAML: {exc.problem}") from exc
         raise InputError(
             f"{origin}: YAML tag refused ({exc.problem}); jac reads plain numbers, lists and mappings only"
         ) from exc

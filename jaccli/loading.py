@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from jaccli.errors import FunctionError, InputError, describe
+from jaccli.errors import FunctionError, InputError, describe, kind_of
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,12 @@ def load_function(spec: str | FuncSpec) -> Callable[..., Any]:
             raise InputError(f"{walked} has no attribute {attr!r}{_suggest(obj)}")
         try:
             obj = getattr(obj, attr)
-        except Exception as exc:  # a property of the user's raised
+        except (Exception, SystemExit) as exc:  # a property of the user's raised
             raise FunctionError(f"reading {walked}.{attr} raised {describe(exc)}") from exc
         walked = f"{walked}.{attr}" if walked != spec.target else f"{walked}:{attr}"
     if spec.call_factory:
         if not callable(obj):
-            raise InputError(f"{walked} is {_kind(obj)}, not a factory; drop the '()'")
+            raise InputError(f"{walked} is {kind_of(obj)}, not a factory; drop the '()'")
         try:
             obj = obj()
         except TypeError as exc:
@@ -81,7 +81,7 @@ def load_function(spec: str | FuncSpec) -> Callable[..., Any]:
                     "zero-argument function"
                 ) from exc
             raise FunctionError(f"calling the factory {spec} raised {describe(exc)}") from exc
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise FunctionError(f"calling the factory {spec} raised {describe(exc)}") from exc
         walked = str(spec)
     if isinstance(obj, type):
@@ -90,7 +90,7 @@ def load_function(spec: str | FuncSpec) -> Callable[..., Any]:
             "an instance or a function"
         )
     if not callable(obj):
-        raise InputError(f"{walked} is {_kind(obj)}, not a function; point FUNC at a callable")
+        raise InputError(f"{walked} is {kind_of(obj)}, not a function; point FUNC at a callable")
     if (
         inspect.isgeneratorfunction(obj)
         or inspect.iscoroutinefunction(obj)
@@ -117,7 +117,7 @@ def _import_module(spec: FuncSpec):
                 f"path); run jac from the folder that holds it, or give a path: {example}"
             ) from exc
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
 
 
@@ -137,7 +137,7 @@ def _import_path(spec: FuncSpec):
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         sys.modules.pop(name, None)
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
     return module
@@ -178,12 +178,6 @@ def _suggest(obj: Any) -> str:
         return ""
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     return f" (callables there: {shown})"
-
-
-def _kind(obj: Any) -> str:
-    if inspect.ismodule(obj):
-        return "a module"
-    return f"a {type(obj).__name__}"
 
 
 def _needs_arguments(obj: Any) -> bool:

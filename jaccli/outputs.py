@@ -24,12 +24,14 @@ BINARY_FORMATS = ("npz", "npy")
 SUFFIXES = {".npz": "npz", ".npy": "npy", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 
-def format_for_path(path: str, option: str = "-o/--out") -> str:
+def format_for_path(path: str, option: str = "-o/--out", allowed: tuple[str, ...] = FORMATS) -> str:
+    """The format a path's suffix names, among ``allowed``."""
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in SUFFIXES:
+    if SUFFIXES.get(suffix) not in allowed:
+        known = [s for s, fmt in SUFFIXES.items() if fmt in allowed]
         raise InputError(
             f"{option} {path}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
-            f"use one of {', '.join(SUFFIXES)}"
+            f"use one of {', '.join(known)}"
         )
     return SUFFIXES[suffix]
 

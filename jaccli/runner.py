@@ -25,6 +25,7 @@ from jaccli import trees
 from jaccli.errors import InputError
 from jaccli.timing import Timings
 
+TIMINGS_FORMATS = ("json", "yaml")
 SourceLike = Union[str, Any]  # an option value ("x.npy", "randn:3", "[1, 2]") or an array/tensor
 
 
@@ -86,8 +87,7 @@ def check_request(request: Request, stdout: BinaryIO | None = None) -> None:
     elif stdout is not None:
         outputs.check_stream(stdout, fmt)
     if request.timings_path is not None:
-        if outputs.format_for_path(request.timings_path, "--timings") not in ("json", "yaml"):
-            raise InputError(f"--timings {request.timings_path}: use a .json or .yaml file")
+        outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
         outputs.check_destination(request.timings_path, "--timings")
     if request.chunk_size is not None and request.chunk_size < 1:
         raise InputError(f"--chunk-size {request.chunk_size}: must be 1 or more")
@@ -236,9 +236,9 @@ def _to_host(value: Any, key: str) -> tuple[Any, str]:
     ):
         array = np.asarray(value)
         return array, str(array.dtype)
-    from jaccli.errors import FunctionError
+    from jaccli.errors import FunctionError, kind_of
 
-    raise FunctionError(f"{key} is a {type(value).__name__}; jac writes tensors and numbers only")
+    raise FunctionError(f"{key} is {kind_of(value)}; jac writes tensors and numbers only")
 
 
 def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: IO[str]) -> None:
@@ -256,7 +256,7 @@ def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: 
             outputs.write_stream(stdout, fmt, outcome.results)
     if request.timings_path is not None:
         doc = outcome.timings.as_dict()
-        tfmt = outputs.format_for_path(request.timings_path, "--timings")
+        tfmt = outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
         outputs.atomic_write(
             request.timings_path,
             lambda fh: fh.write(outputs.dump_document(doc, tfmt).encode("utf-8")),

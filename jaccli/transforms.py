@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from jaccli import trees
-from jaccli.errors import FunctionError, InputError, describe
+from jaccli.errors import FunctionError, InputError, describe, kind_of, with_article
 
 COMMANDS = ("jvp", "vjp", "jacfwd", "jacrev")
 JACOBIAN_COMMANDS = ("jacfwd", "jacrev")
@@ -59,7 +59,7 @@ def call_function(func: Callable[..., Any], primals: Sequence[Any], has_aux: boo
     if has_aux:
         if not isinstance(result, (tuple, list)) or len(result) != 2:
             raise FunctionError(
-                f"--has-aux: the function must return (output, aux); it returned {_kind(result)}"
+                f"--has-aux: the function must return (output, aux); it returned {kind_of(result)}"
             )
         output, aux = result
     else:
@@ -80,12 +80,12 @@ def check_output(output: Any) -> None:
         if not isinstance(leaf, torch.Tensor):
             hint = " (wrap numbers with torch.as_tensor)" if isinstance(leaf, (int, float)) else ""
             raise FunctionError(
-                f"{name} is {_kind(leaf)}; the function must return tensors, or a tuple, list "
+                f"{name} is {kind_of(leaf)}; the function must return tensors, or a tuple, list "
                 f"or dict of them{hint}"
             )
         if not (leaf.is_floating_point() or leaf.is_complex()):
             raise FunctionError(
-                f"{name} is a {str(leaf.dtype).replace('torch.', '')} tensor; derivatives need "
+                f"{name} is {with_article(str(leaf.dtype).replace('torch.', ''))} tensor; derivatives need "
                 "a floating output (is there a .round(), argmax or comparison at the end?)"
             )
 
@@ -252,9 +252,3 @@ def _ones(tensor: Any) -> Any:
     import torch
 
     return torch.ones_like(tensor)
-
-
-def _kind(obj: Any) -> str:
-    if obj is None:
-        return "None"
-    return f"a {type(obj).__name__}"

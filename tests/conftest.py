@@ -48,6 +48,8 @@ def jac(*args: str, input: bytes | str | None = None) -> Run:
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
         stdout_bytes = out.getvalue()
         stderr = err.getvalue().decode("utf-8") if err is not None else ""
     return Run(code, stdout_bytes, stderr)

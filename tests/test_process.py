@@ -44,8 +44,9 @@ def _heavy(modules: set[str]) -> list[str]:
 
 
 def _python_m(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-X", "importtime", "-m", "jaccli", *args],
-                          capture_output=True, timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "jaccli", *args], capture_output=True, timeout=120, **kw
+    )
 
 
 def test_help_lists_the_commands_and_imports_neither_torch_nor_numpy():
@@ -113,8 +114,18 @@ def test_stdin_npy_to_stdout_npz_matches_torch(tmp_path: Path):
     v = np.arange(6, dtype=np.float64).reshape(3, 2) - 2.5
     np.save(tmp_path / "v.npy", v)
 
-    proc = jac_process("jvp", f"{EXAMPLES}/quickstart.py:loss", "-p", "-", "-t", "v.npy", "--format", "npz",
-                       input=buffer.getvalue(), cwd=tmp_path)
+    proc = jac_process(
+        "jvp",
+        f"{EXAMPLES}/quickstart.py:loss",
+        "-p",
+        "-",
+        "-t",
+        "v.npy",
+        "--format",
+        "npz",
+        input=buffer.getvalue(),
+        cwd=tmp_path,
+    )
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout[:2] == b"PK"  # nothing but the archive on stdout
@@ -133,7 +144,9 @@ def test_stdin_npy_to_stdout_npz_matches_torch(tmp_path: Path):
 
 
 def test_out_dash_json_is_one_document_and_timings_stay_on_stderr(tmp_path: Path):
-    proc = jac_process("jacrev", QUICK, "-p", f"{EXAMPLES}/x.npy", "-o", "-", "--format", "json", cwd=tmp_path)
+    proc = jac_process(
+        "jacrev", QUICK, "-p", f"{EXAMPLES}/x.npy", "-o", "-", "--format", "json", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout.decode())  # the whole of stdout, one document
     assert list(doc) == ["jacobian"]
@@ -141,7 +154,14 @@ def test_out_dash_json_is_one_document_and_timings_stay_on_stderr(tmp_path: Path
     expected = torch.func.jacrev(lambda t: 2 * t.sum(dim=1))(torch.ones(3, 2))
     np.testing.assert_array_equal(np.array(doc["jacobian"]["data"]), expected.numpy())
     err = proc.stderr.decode()
-    for phase in ("load function", "read inputs", "first call", "steady-state compute", "function alone", "write"):
+    for phase in (
+        "load function",
+        "read inputs",
+        "first call",
+        "steady-state compute",
+        "function alone",
+        "write",
+    ):
         assert phase in err, (phase, err)
         assert phase not in proc.stdout.decode()
     assert f"torch {torch.__version__}" in err
@@ -151,7 +171,17 @@ def test_out_dash_json_is_one_document_and_timings_stay_on_stderr(tmp_path: Path
 @pytest.mark.skipif(shutil.which("jac") is None, reason="the jac console script is not installed")
 def test_console_script_behaves_like_python_m(tmp_path: Path):
     script = shutil.which("jac")
-    args = ["jvp", QUICK, "-p", f"{EXAMPLES}/x.npy", "-t", f"{EXAMPLES}/v.npy", "--format", "json", "--no-timings"]
+    args = [
+        "jvp",
+        QUICK,
+        "-p",
+        f"{EXAMPLES}/x.npy",
+        "-t",
+        f"{EXAMPLES}/v.npy",
+        "--format",
+        "json",
+        "--no-timings",
+    ]
     env = {**os.environ, "NO_COLOR": "1"}
     via_script = subprocess.run([script, *args], capture_output=True, cwd=tmp_path, env=env, timeout=120)
     via_module = jac_process(*args, cwd=tmp_path, env={"NO_COLOR": "1"})
@@ -160,8 +190,9 @@ def test_console_script_behaves_like_python_m(tmp_path: Path):
     doc = json.loads(via_script.stdout)
     assert doc["jvp"]["data"] == [6.0, 14.0, 22.0]
 
-    bad = subprocess.run([script, "jvp", QUICK, "-p", "missing.npy"], capture_output=True, cwd=tmp_path,
-                         timeout=120)
+    bad = subprocess.run(
+        [script, "jvp", "nocolon", "-p", "1.0"], capture_output=True, cwd=tmp_path, timeout=120
+    )
     assert bad.returncode == 2
     lines = bad.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jac: error:") and "missing.npy" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("jac jvp: error:") and "nocolon" in lines[0], lines
