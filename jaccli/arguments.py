@@ -72,19 +72,34 @@ def _tensor(data: np.ndarray, dtype) -> Any:
     return torch.from_numpy(data).to(dtype)
 
 
-def tangent_tensors(sources: Sequence[Source], primals: Sequence[Any], rng: np.random.Generator) -> list:
-    """Tangents on the primals' device, one per primal with its shape and dtype."""
+def tangent_tensors(
+    sources: Sequence[Source],
+    primals: Sequence[Any],
+    rng: np.random.Generator,
+    names: Sequence[str] | None = None,
+    command: str = "jvp",
+) -> list:
+    """Tangents on the primals' device, one per primal with its shape and dtype.
+
+    With ``names`` (a module's parameters under --wrt params) a mapping is matched by name.
+    """
+    what = "parameter" if names else "primal"
+    labels = list(names) if names else [str(i) for i in range(len(primals))]
     if not sources:
         if all(p.numel() == 1 for p in primals):
             return [_ones_like(p) for p in primals]
-        sizes = ", ".join(f"primal {i} has {p.numel()} elements" for i, p in enumerate(primals))
+        sizes = ", ".join(f"{what} {k} has {p.numel()} elements" for k, p in zip(labels, primals))
         raise InputError(
-            f"jvp needs --tangents/-t ({sizes}); give one -t per primal, e.g. -t v.npy or -t randn "
-            "(tangents may be left out only when every primal has one element)"
+            f"{command} needs --tangents/-t ({sizes}); give one -t per {what}, e.g. -t v.npy or -t "
+            f"randn (tangents may be left out only when every {what} has one element)"
         )
-    shapes = [("primal", str(i), tuple(p.shape)) for i, p in enumerate(primals)]
-    arrays = _expand(sources, shapes, "tangent", "--tangents", rng)
-    return [_paired(a, p, f"tangent {i}", f"primal {i}") for i, (a, p) in enumerate(zip(arrays, primals))]
+    like = dict(zip(labels, primals))
+    if names and _wants_names(sources, like):
+        arrays = _by_name(sources, labels, like, "--tangents", "the module's parameters are")
+    else:
+        shapes = [(what, k, tuple(p.shape)) for k, p in zip(labels, primals)]
+        arrays = _expand(sources, shapes, "tangent", "--tangents", rng)
+    return [_paired(a, p, f"tangent {k}", f"{what} {k}") for k, a, p in zip(labels, arrays, primals)]
 
 
 def cotangent_tree(sources: Sequence[Source], output: Any, rng: np.random.Generator) -> Any:
@@ -99,7 +114,9 @@ def cotangent_tree(sources: Sequence[Source], output: Any, rng: np.random.Genera
             "ones (cotangents may be left out only when the output has one element)"
         )
     keys = [k for k, _ in leaves]
-    arrays = _by_name(sources, keys, output) if _wants_names(sources, output) else None
+    arrays = None
+    if _wants_names(sources, output):
+        arrays = _by_name(sources, keys, output, "--cotangents", "the output is a dict with keys")
     if arrays is None:
         shapes = [("output", _out_name(k), tuple(t.shape)) for k, t in leaves]
         arrays = _expand(sources, shapes, "cotangent", "--cotangents", rng)
@@ -150,14 +167,14 @@ def _wants_names(sources: Sequence[Source], output: Any) -> bool:
     return not (len(sources) == 1 and isinstance(sources[0], Generator))
 
 
-def _by_name(sources: Sequence[Source], keys: list[str], output: dict) -> list[Array]:
+def _by_name(sources: Sequence[Source], keys: list[str], like: dict, option: str, what: str) -> list[Array]:
     named: dict[str, Array] = {}
     for source in sources:
         if isinstance(source, Generator) or any(a.name is None for a in source):
             origin = source.origin if isinstance(source, Generator) else source[0].origin
             raise InputError(
-                f"{origin}: the output is a dict with keys {', '.join(map(str, output))}; give "
-                "cotangents as a mapping keyed like it (an .npz, or YAML 'key: value' lines)"
+                f"{origin}: {what} {', '.join(map(str, like))}; give a mapping keyed like "
+                "them (an .npz, or YAML 'key: value' lines)"
             )
         for array in source:
             named[array.name] = array
@@ -169,9 +186,7 @@ def _by_name(sources: Sequence[Source], keys: list[str], output: dict) -> list[A
             parts.append(f"missing {', '.join(missing)}")
         if extra:
             parts.append(f"unexpected {', '.join(extra)}")
-        raise InputError(
-            f"--cotangents keys do not match the output's ({', '.join(keys)}): {'; '.join(parts)}"
-        )
+        raise InputError(f"{option} keys do not match ({', '.join(keys)}): {'; '.join(parts)}")
     return [named[k] for k in keys]
 
 

@@ -7,19 +7,24 @@ on standard error and an exit code. Nothing heavy is imported until a command ru
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from jaccli import __version__
 from jaccli.params import (
     Flags,
+    argnums_option,
     array_option,
+    chunk_size_option,
+    engine_options,
     function_and_primals,
     inputs_and_device,
     jacobian_options,
     output_options,
+    randomness_option,
     timing_options,
 )
 
@@ -43,38 +48,42 @@ def cli() -> None:
     """
 
 
-def _execute(command: str, options: dict[str, Any], **extra: Any) -> None:
-    from jaccli.runner import Request, deliver, run
+# Option names that differ from the Request's field names; every other option keeps its name.
+_RENAMED = {
+    "values_primals": "primals",
+    "values_tangents": "tangents",
+    "values_cotangents": "cotangents",
+    "fmt": "format",
+}
+_CLI_ONLY = ("quiet", "no_timings")
 
-    request = Request(
-        command=command,
-        func=options["func"],
-        primals=options["values_primals"],
-        tangents=options.get("values_tangents", ()),
-        cotangents=options.get("values_cotangents", ()),
-        kwargs=dict(options["kwargs"]),
-        has_aux=options["has_aux"],
-        strict=options["strict"],
-        dtype=options["dtype"],
-        device=options["device"],
-        seed=options["seed"],
-        out=options["out"],
-        format=options["fmt"],
-        select=options["select"],
-        repeat=options["repeat"],
-        warmup=options["warmup"],
-        timings_path=options["timings_path"],
-        **extra,
-    )
-    quiet = options["quiet"]
+
+def _request(command: str, options: dict[str, Any]):
+    """The Request for a command, from whichever options it has."""
+    from dataclasses import fields
+
+    from jaccli.runner import Request
+
+    known = {f.name for f in fields(Request)}
+    values = {_RENAMED.get(k, k): v for k, v in options.items() if k not in _CLI_ONLY}
+    values["kwargs"] = dict(values.get("kwargs", ()))
+    return Request(command=command, **{k: v for k, v in values.items() if k in known})
+
+
+def _execute(command: str, options: dict[str, Any]) -> None:
+    from jaccli.runner import deliver, run
+
+    request = _request(command, options)
     stdout = sys.stdout.buffer
     outcome = run(request, stdout=stdout)
     sys.stdout.flush()
     deliver(outcome, request, stdout, sys.stdout)
-    if quiet:
+    if options["quiet"]:
         return
     from jaccli.render import render_timings, warn_non_finite
 
+    for note in outcome.timings.notes:
+        click.echo(f"jac: note: {command} {note}", err=True)
     warn_non_finite(sys.stderr, outcome.results)
     if request.out not in (None, "-"):
         keys = ", ".join(outcome.results)
@@ -83,18 +92,37 @@ def _execute(command: str, options: dict[str, Any], **extra: Any) -> None:
         render_timings(sys.stderr, outcome.timings)
 
 
-@cli.command(epilog=EPILOG_TAIL)
-@function_and_primals
-@array_option(
+def transform_command(help_text: str, *extra: Callable) -> Callable:
+    """A transform command: FUNC and primals, its own options, then every shared option group."""
+
+    def decorate(fn: Callable) -> Callable:
+        help_clean = inspect.cleandoc(help_text)
+        for decorator in reversed(
+            (
+                cli.command(help=help_clean, epilog=EPILOG_TAIL),
+                function_and_primals,
+                *extra,
+                engine_options,
+                inputs_and_device,
+                output_options,
+                timing_options,
+            )
+        ):
+            fn = decorator(fn)
+        return fn
+
+    return decorate
+
+
+_TANGENTS = array_option(
     "-t",
     "--tangents",
     "The vector v, one per primal with its shape; 'randn' or 'ones' alone stands for all. "
     "May be left out when every primal has one element (v = 1).",
 )
-@inputs_and_device
-@output_options
-@timing_options
-def jvp(**options: Any) -> None:
+
+
+@transform_command(
     """f(x) and the Jacobian-vector product J.v (forward mode, torch.func.jvp).
 
     Keys: output, jvp (with .0, .1 or .key for tuple or dict outputs), aux.
@@ -105,40 +133,41 @@ def jvp(**options: Any) -> None:
       jac jvp mymod:f -p "[[1,1],[1,1],[1,1]]" -t "[[1,2],[3,4],[5,6]]"
       jac jvp mymod:f -p 0.5                  # one-element input: v defaults to 1
       jac jvp mymod:f -p x.npy -p y.npy -t randn --dtype float64
-    """
+    """,
+    _TANGENTS,
+)
+def jvp(**options: Any) -> None:
     _execute("jvp", options)
 
 
-@cli.command(epilog=EPILOG_TAIL)
-@function_and_primals
-@array_option(
-    "-u",
-    "--cotangents",
-    "The vector u, one per output (a mapping keyed like a dict output); 'ones' or 'randn' "
-    "alone stands for all. May be left out when the output has one element (u = 1).",
-)
-@inputs_and_device
-@output_options
-@timing_options
-def vjp(**options: Any) -> None:
+@transform_command(
     """f(x) and the vector-Jacobian product u^T.J for every primal (reverse mode, torch.func.vjp).
 
-    Keys: output, vjp.0, vjp.1, ... (one per primal), aux.
+    Keys: output, vjp.0, vjp.1, ... (one per primal; vjp.<name> with --wrt params), aux.
 
     \b
     Examples:
       jac vjp examples/quickstart.py:loss -p examples/x.npy          # a gradient
       jac vjp examples/two_inputs.py:f -p examples/xy.npz -u examples/u.yaml
-      jac vjp mymod:f -p x.npy -u ones -o grads.npz
-    """
+      jac vjp "examples/mlp.py:model()" -p examples/mlp_x.npy -u ones --wrt params
+    """,
+    array_option(
+        "-u",
+        "--cotangents",
+        "The vector u, one per output (a mapping keyed like a dict output); 'ones' or 'randn' "
+        "alone stands for all. May be left out when the output has one element (u = 1).",
+    ),
+)
+def vjp(**options: Any) -> None:
     _execute("vjp", options)
 
 
-def _jacobian_help(mode: str, command: str, examples: str) -> str:
-    return f"""The full Jacobian by {mode} mode (torch.func.{command}): shape output.shape + input.shape.
+def _jacobian_help(title: str, examples: str) -> str:
+    return f"""{title}: shape output.shape + input.shape.
 
-    Keys: jacobian; jacobian.0, jacobian.1 for several --argnums; jacobian.<out>.<arg> for
-    several outputs; aux. --flatten gives the (output elements x input elements) matrix.
+    Keys: jacobian; jacobian.0, jacobian.1 for several --argnums (jacobian.<name> with --wrt
+    params); jacobian.<out>.<arg> for several outputs; aux. --flatten gives the (output
+    elements x input elements) matrix.
 
     \b
     Examples:
@@ -146,68 +175,93 @@ def _jacobian_help(mode: str, command: str, examples: str) -> str:
     """
 
 
-@cli.command(
-    epilog=EPILOG_TAIL,
-    help=_jacobian_help(
-        "forward",
-        "jacfwd",
+@transform_command(
+    _jacobian_help(
+        "The full Jacobian by forward mode (torch.func.jacfwd)",
         """\
       jac jacfwd examples/quickstart.py:f -p examples/x.npy
       jac jacfwd mymod:f -p x.npy -p y.npy --argnums 0,1 -o J.npz
       jac jacfwd mymod:f -p "[[1,1],[1,1],[1,1]]" --flatten""",
     ),
+    jacobian_options,
+    randomness_option,
 )
-@function_and_primals
-@jacobian_options
-@click.option(
-    "--randomness",
-    type=click.Choice(["error", "different", "same"]),
-    default="error",
-    show_default=True,
-    help="How random operations behave under vmap (torch.func's meaning).",
-)
-@inputs_and_device
-@output_options
-@timing_options
 def jacfwd(**options: Any) -> None:
-    _execute(
-        "jacfwd",
-        options,
-        argnums=options["argnums"],
-        flatten=options["flatten"],
-        randomness=options["randomness"],
-    )
+    _execute("jacfwd", options)
 
 
-@cli.command(
-    epilog=EPILOG_TAIL,
-    help=_jacobian_help(
-        "reverse",
-        "jacrev",
+@transform_command(
+    _jacobian_help(
+        "The full Jacobian by reverse mode (torch.func.jacrev)",
         """\
       jac jacrev "examples/mlp.py:model()" -p randn:4
       jac jacrev mymod:f -p x.npy --chunk-size 64 -o J.npy""",
     ),
+    jacobian_options,
+    chunk_size_option,
 )
-@function_and_primals
-@jacobian_options
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Compute the Jacobian N rows at a time (less memory; torch.func's meaning).",
-)
-@inputs_and_device
-@output_options
-@timing_options
 def jacrev(**options: Any) -> None:
-    _execute(
-        "jacrev",
-        options,
-        argnums=options["argnums"],
-        flatten=options["flatten"],
-        chunk_size=options["chunk_size"],
-    )
+    _execute("jacrev", options)
+
+
+@transform_command(
+    _jacobian_help(
+        "The full Jacobian, forward or reverse mode: --mode auto picks by the input and output sizes "
+        "and says which and why",
+        """\
+      jac jacobian "examples/mlp.py:model()" -p randn:4
+      jac jacobian examples/quickstart.py:f -p examples/x.npy --mode fwd --flatten
+      jac jacobian "examples/mlp.py:model()" -p randn:32,4 --batch-dim 0     # per sample""",
+    ),
+    click.option(
+        "--mode",
+        type=click.Choice(["auto", "fwd", "rev"]),
+        default="auto",
+        show_default=True,
+        help="fwd (jacfwd), rev (jacrev), or auto: forward when inputs are no more than outputs.",
+    ),
+    jacobian_options,
+    chunk_size_option,
+    randomness_option,
+)
+def jacobian(**options: Any) -> None:
+    _execute("jacobian", options)
+
+
+@transform_command(
+    """The Hessian of a function with a one-element output (torch.func.hessian).
+
+    Shape: output.shape + input.shape + input.shape. Keys: hessian, or hessian.<i>.<j> for
+    several --argnums (positions in --argnums); aux.
+
+    \b
+    Examples:
+      jac hessian examples/quickstart.py:loss -p examples/x.npy
+      jac hessian mymod:f -p x.npy -p y.npy --argnums 0,1 -o H.npz
+    """,
+    argnums_option,
+    chunk_size_option,
+    randomness_option,
+)
+def hessian(**options: Any) -> None:
+    _execute("hessian", options)
+
+
+@transform_command(
+    """f(x), its gradient and the Hessian-vector product H.v (forward over reverse).
+
+    For a function with a one-element output. Keys: output, grad, hvp (grad.0, hvp.0, ...
+    with several primals), aux.
+
+    \b
+    Examples:
+      jac hvp examples/quickstart.py:loss -p examples/x.npy -t examples/v.npy
+      jac hvp mymod:f -p x.npy -t randn --dtype float64
+    """,
+    _TANGENTS,
+)
+def hvp(**options: Any) -> None:
+    _execute("hvp", options)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:

@@ -192,14 +192,58 @@ timing_options = _stack(
     ),
 )
 
-jacobian_options = _stack(
+engine_options = _stack(
     click.option(
-        "--argnums",
-        type=ArgnumsType(),
-        default="0",
+        "--engine",
+        type=click.Choice(["auto", "func", "autograd"]),
+        default="auto",
         show_default=True,
-        help="Which primal(s) to differentiate: 0, or several as 0,2 (keys jacobian.0, jacobian.1).",
+        help="torch.func, torch.autograd, or auto: torch.func, falling back (and saying so) when an "
+        "operator has no forward-mode formula or vmap cannot batch the function.",
     ),
+    click.option(
+        "--batch-dim",
+        type=int,
+        metavar="N",
+        help="The primals carry a batch along dimension N: derivatives per sample, batch first.",
+    ),
+    click.option(
+        "--wrt",
+        type=click.Choice(["inputs", "params"]),
+        default="inputs",
+        show_default=True,
+        help="Differentiate an nn.Module with respect to its inputs or its parameters.",
+    ),
+    click.option(
+        "--state",
+        metavar="PATH",
+        help="Load an nn.Module's parameters first: a .pt state_dict (weights only) or an .npz.",
+    ),
+)
+
+argnums_option = click.option(
+    "--argnums",
+    type=ArgnumsType(),
+    default="0",
+    show_default=True,
+    help="Which primal(s) to differentiate: 0, or several as 0,2 (keys jacobian.0, jacobian.1).",
+)
+randomness_option = click.option(
+    "--randomness",
+    type=click.Choice(["error", "different", "same"]),
+    default="error",
+    show_default=True,
+    help="How random operations behave under vmap (torch.func's meaning).",
+)
+chunk_size_option = click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Reverse mode computes N rows at a time (less memory; torch.func's meaning).",
+)
+
+jacobian_options = _stack(
+    argnums_option,
     click.option(
         "--flatten",
         is_flag=True,

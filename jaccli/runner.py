@@ -33,7 +33,7 @@ SourceLike = Union[str, Any]  # an option value ("x.npy", "randn:3", "[1, 2]") o
 class Request:
     """Everything one command needs; field names follow the command-line options."""
 
-    command: str  # jvp, vjp, jacfwd, jacrev
+    command: str  # jvp, vjp, jacfwd, jacrev, jacobian, hessian, hvp
     func: str | Callable[..., Any]  # "mod:name" or a callable
     primals: Sequence[SourceLike] = ()
     tangents: Sequence[SourceLike] = ()
@@ -51,6 +51,11 @@ class Request:
     select: str | None = None
     out: str | None = None  # a path, or "-" for standard output
     format: str = "text"  # what standard output gets when out is None or "-"
+    engine: str = "auto"  # auto, func, autograd
+    mode: str = "auto"  # jacobian: auto, fwd, rev
+    batch_dim: int | None = None
+    wrt: str = "inputs"  # inputs, params
+    state: str | None = None  # parameters for an nn.Module FUNC: .pt (weights only) or .npz
     timings_path: str | None = None
     repeat: int | None = None  # None: automatic (see timing.series)
     warmup: int | None = None
@@ -108,10 +113,10 @@ def _run(request: Request) -> Outcome:
     from jaccli.devices import place_module, resolve_device, synchronizer
     from jaccli.inputs import Stdin
     from jaccli.loading import check_call, load_function
-    from jaccli.render import jacobian_note
+    from jaccli.routing import ENGINES, Router, evaluate
 
-    if request.command not in transforms.COMMANDS:
-        raise InputError(f"unknown command {request.command!r}; use one of {', '.join(transforms.COMMANDS)}")
+    command = request.command
+    _check_options(request, transforms.COMMANDS, ENGINES)
     device = resolve_device(request.device)
     timings = Timings(sync=synchronizer(device))
     rng = np.random.default_rng(request.seed)
@@ -120,30 +125,55 @@ def _run(request: Request) -> Outcome:
     with timings.phase("load function"):
         func = load_function(request.func) if isinstance(request.func, str) else request.func
         name = request.func if isinstance(request.func, str) else getattr(func, "__name__", "the function")
+        module = None
+        if request.wrt == "params" or request.state:
+            from jaccli import modules
+
+            module = modules.as_module(func, "--wrt params" if request.wrt == "params" else "--state")
+            if request.state:
+                modules.load_state(module, request.state)
     with timings.phase("read inputs"):
-        primals = arguments.primal_tensors(_sources(request.primals, "--primals", stdin), request.dtype, rng)
-        check_call(func, len(primals), request.kwargs, str(name))
-        tangents = None
-        if request.command == "jvp":
-            tangents = arguments.tangent_tensors(
-                _sources(request.tangents, "--tangents", stdin), primals, rng
-            )
-        elif request.tangents:
-            raise InputError(f"--tangents is for jvp; {request.command} does not take it")
+        inputs = arguments.primal_tensors(_sources(request.primals, "--primals", stdin), request.dtype, rng)
+        check_call(func, len(inputs), request.kwargs, str(name))
+        tangent_sources = _sources(request.tangents, "--tangents", stdin)
         cotangent_sources = _sources(request.cotangents, "--cotangents", stdin)
-        if cotangent_sources and request.command != "vjp":
-            raise InputError(f"--cotangents is for vjp; {request.command} does not take it")
-        argnums = transforms.normalize_argnums(request.argnums, len(primals))
+        if request.batch_dim is not None:
+            _check_batch(inputs, request.batch_dim)
     with timings.phase("move to device"):
         place_module(func, device, request.dtype)
-        primals = [p.to(device) for p in primals]
-        tangents = [t.to(device) for t in tangents] if tangents is not None else None
+        inputs = [p.to(device) for p in inputs]
 
     fn = transforms.bind(func, request.kwargs)
+    names = None
+    if request.wrt == "params":
+        fn, primals, names = modules.over_parameters(module, inputs, request.kwargs)
+    else:
+        primals = inputs
+    argnums = request.argnums
+    if names is not None and argnums == 0:
+        argnums = tuple(range(len(primals)))  # every parameter, keyed by name
+    argnums = transforms.normalize_argnums(argnums, len(primals))
+    tangents = None
+    if command in ("jvp", "hvp"):
+        tangents = arguments.tangent_tensors(tangent_sources, primals, rng, names, command)
+
+    batch = request.batch_dim
     with timings.phase("function, first call"):
-        output, aux = transforms.call_function(fn, primals, request.has_aux)
-    layout = transforms.layout(request.command, output, primals, argnums, aux, request.has_aux)
-    keys = [k for k, _ in layout]
+        output, aux = transforms.call_function(
+            lambda *p: evaluate(fn, p, batch, request.engine), primals, request.has_aux
+        )
+    sample_output, sample_primals = _per_sample_shapes(output, primals, batch)
+    if command in ("hessian", "hvp"):
+        _check_scalar(command, sample_output)
+    mode_note = None
+    routed = command
+    if command == "jacobian":
+        routed, why = _choose_mode(request.mode, sample_output, sample_primals, argnums)
+        mode_note = f"mode: {'forward' if routed == 'jacfwd' else 'reverse'} ({why})"
+        timings.footer["mode"] = mode_note
+    layout = transforms.layout(routed, sample_output, sample_primals, argnums, aux, request.has_aux)
+    rename = (lambda k: modules.rename_key(k, command, names, argnums)) if names else (lambda k: k)
+    keys = [rename(k) for k, _ in layout]
     if request.select is not None and request.select not in keys:
         raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(keys)}")
     chosen = [request.select] if request.select else keys
@@ -151,57 +181,148 @@ def _run(request: Request) -> Outcome:
 
     check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
     cotangents = None
-    if request.command == "vjp":
+    if command == "vjp":
         cotangents = arguments.cotangent_tree(cotangent_sources, output, rng)
     if request.strict:
-        wrt = argnums if not isinstance(argnums, int) else (argnums,)
-        if request.command in ("jvp", "vjp"):
-            wrt = tuple(range(len(primals)))
-        transforms.strict_check(fn, primals, wrt, request.has_aux)
+        wrt = tuple(range(len(primals))) if command in ("jvp", "vjp", "hvp") else _as_tuple(argnums)
+        first = [p.select(batch, 0) for p in primals] if batch is not None else primals
+        transforms.strict_check(fn, first, wrt, request.has_aux)
 
-    def derivative():
-        return transforms.compute(
-            request.command,
-            fn,
-            primals,
-            tangents=tangents,
-            cotangents=cotangents,
-            argnums=argnums,
-            has_aux=request.has_aux,
-            chunk_size=request.chunk_size,
-            randomness=request.randomness,
-        )
-
+    router = Router(
+        routed,
+        request.engine,
+        fn,
+        primals,
+        {
+            "tangents": tangents,
+            "cotangents": cotangents,
+            "argnums": argnums,
+            "has_aux": request.has_aux,
+            "chunk_size": request.chunk_size,
+            "randomness": request.randomness,
+        },
+        batch_dim=batch,
+    )
     with timings.phase("first call"):
-        tree = derivative()
-    timings.series("steady-state compute", derivative, request.repeat, request.warmup)
-    timings.series("function alone", lambda: fn(*primals), request.repeat, request.warmup)
+        tree = router()
+    timings.notes.extend(router.fallbacks)
+    timings.series("steady-state compute", router, request.repeat, request.warmup)
+    timings.series(
+        "function alone", lambda: evaluate(fn, primals, batch, request.engine), request.repeat, request.warmup
+    )
 
     with timings.phase("move to host"):
-        flat = dict(trees.leaves(tree))
+        flat = {rename(k): v for k, v in trees.leaves(tree)}
         if list(flat) != keys:  # layout() and compute() must agree: a bug in jac if not
             raise AssertionError(f"result keys {list(flat)} differ from the layout {keys}")
         results, dtypes = {}, {}
         for key in chosen:
             results[key], dtypes[key] = _to_host(flat[key], key)
-        notes = {}
-        for key, info in layout:
-            if info is not None and key in results:
-                if request.flatten:
-                    results[key] = results[key].reshape(info.matrix_shape)
-                notes[key] = jacobian_note(info, request.flatten)
+        notes = _notes(layout, rename, results, request.flatten, batch, mode_note)
 
     import torch
 
     timings.footer.update(
-        command=request.command,
-        engine="torch.func",
+        command=command,
+        engine=router.label,
         device=str(device),
         dtype=str(primals[0].dtype).replace("torch.", ""),
         torch=str(torch.__version__),
         cost_ratio=timings.ratio("steady-state compute", "function alone"),
     )
     return Outcome(results, notes, dtypes, timings)
+
+
+def _check_options(request: Request, commands: tuple[str, ...], engines: tuple[str, ...]) -> None:
+    command = request.command
+    if command not in commands:
+        raise InputError(f"unknown command {command!r}; use one of {', '.join(commands)}")
+    if request.engine not in engines:
+        raise InputError(f"--engine {request.engine!r}: use one of {', '.join(engines)}")
+    if request.mode not in ("auto", "fwd", "rev"):
+        raise InputError(f"--mode {request.mode!r}: use auto, fwd or rev")
+    if request.wrt not in ("inputs", "params"):
+        raise InputError(f"--wrt {request.wrt!r}: use inputs or params")
+    if request.tangents and command not in ("jvp", "hvp"):
+        raise InputError(f"--tangents is for jvp and hvp; {command} does not take it")
+    if request.cotangents and command != "vjp":
+        raise InputError(f"--cotangents is for vjp; {command} does not take it")
+    if request.wrt == "params" and request.batch_dim is not None:
+        raise InputError("--batch-dim with --wrt params is not supported; use one or the other")
+
+
+def _check_batch(inputs: Sequence[Any], dim: int) -> None:
+    sizes = set()
+    for i, p in enumerate(inputs):
+        if not -p.dim() <= dim < max(p.dim(), 1) or p.dim() == 0:
+            raise InputError(
+                f"--batch-dim {dim}: primal {i} has shape {tuple(p.shape)}, no dimension {dim} to batch over"
+            )
+        sizes.add(p.shape[dim])
+    if len(sizes) > 1:
+        raise InputError(f"--batch-dim {dim}: the primals have different batch sizes {sorted(sizes)}")
+
+
+def _per_sample_shapes(output: Any, primals: Sequence[Any], batch: int | None) -> tuple[Any, list]:
+    """What one sample looks like (shapes only, on the meta device) under --batch-dim."""
+    if batch is None:
+        return output, list(primals)
+    import torch
+
+    def drop(t: Any, dim: int) -> Any:
+        shape = list(t.shape)
+        del shape[dim]
+        return torch.empty(shape, device="meta", dtype=t.dtype)
+
+    return trees.map_leaves(lambda t: drop(t, 0), output), [drop(p, batch) for p in primals]
+
+
+def _check_scalar(command: str, output: Any) -> None:
+    import torch
+
+    if not isinstance(output, torch.Tensor) or output.numel() != 1:
+        shapes = ", ".join(f"{k or 'output'} {tuple(t.shape)}" for k, t in trees.leaves(output))
+        raise InputError(
+            f"jac {command} needs a function with a one-element output; this one gives {shapes}: "
+            "reduce it (e.g. .sum()) or use jac jacobian"
+        )
+
+
+def _choose_mode(mode: str, output: Any, primals: Sequence[Any], argnums: Any) -> tuple[str, str]:
+    from jaccli.transforms import choose_mode
+
+    if mode != "auto":
+        return ("jacfwd" if mode == "fwd" else "jacrev"), f"--mode {mode}"
+    n_in = sum(primals[a].numel() for a in _as_tuple(argnums))
+    n_out = sum(t.numel() for _, t in trees.leaves(output))
+    picked, why = choose_mode(n_in, n_out)
+    return ("jacfwd" if picked == "fwd" else "jacrev"), f"--mode auto: {why}"
+
+
+def _as_tuple(argnums: Any) -> tuple[int, ...]:
+    return argnums if isinstance(argnums, tuple) else (argnums,)
+
+
+def _notes(
+    layout, rename, results, flatten: bool, batch: int | None, mode_note: str | None
+) -> dict[str, str]:
+    from jaccli.render import jacobian_note
+
+    notes = {}
+    for key, info in layout:
+        key = rename(key)
+        if info is None or key not in results:
+            continue
+        if flatten:
+            lead = results[key].shape[:1] if batch is not None else ()
+            results[key] = results[key].reshape(lead + info.matrix_shape)
+        lines = [jacobian_note(info, flatten)]
+        if batch is not None:
+            lines.append("a batch dimension leads: one Jacobian per sample")
+        if mode_note:
+            lines.append(mode_note)
+        notes[key] = "\n".join(lines)
+    return notes
 
 
 def _sources(values: Sequence[SourceLike], option: str, stdin: Any) -> list:

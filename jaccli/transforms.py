@@ -23,7 +23,7 @@ from typing import Any, Callable
 from jaccli import trees
 from jaccli.errors import FunctionError, InputError, describe, kind_of, with_article
 
-COMMANDS = ("jvp", "vjp", "jacfwd", "jacrev")
+COMMANDS = ("jvp", "vjp", "jacfwd", "jacrev", "jacobian", "hessian", "hvp")
 JACOBIAN_COMMANDS = ("jacfwd", "jacrev")
 
 
@@ -119,38 +119,124 @@ def compute(
     has_aux: bool = False,
     chunk_size: int | None = None,
     randomness: str = "error",
+    engine: str = "func",
 ) -> dict[str, Any]:
-    """Run one transform; returns ``{"output": ..., "jvp"|"vjp"|"jacobian": ..., "aux": ...}``."""
+    """Run one transform; returns ``{"output": ..., "jvp"|"vjp"|"jacobian"|...: ..., "aux": ...}``.
+
+    ``command`` is one of jvp, vjp, jacfwd, jacrev, hessian, hvp; ``engine`` is ``func``
+    (torch.func) or ``autograd`` (torch.autograd, see :mod:`jaccli.engines`). Exceptions
+    become FunctionError; :mod:`jaccli.routing` adds fallbacks on top.
+    """
+    return guarded(
+        lambda: compute_raw(
+            command,
+            func,
+            primals,
+            tangents=tangents,
+            cotangents=cotangents,
+            argnums=argnums,
+            has_aux=has_aux,
+            chunk_size=chunk_size,
+            randomness=randomness,
+            engine=engine,
+        ),
+        command,
+    )
+
+
+def compute_raw(
+    command: str,
+    func: Callable[..., Any],
+    primals: Sequence[Any],
+    *,
+    tangents: Sequence[Any] | None = None,
+    cotangents: Any = None,
+    argnums: int | tuple[int, ...] = 0,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+    randomness: str = "error",
+    engine: str = "func",
+) -> dict[str, Any]:
+    """:func:`compute` without turning exceptions into FunctionError (for fallbacks)."""
+    primals = tuple(primals)
+    if tangents is None and command in ("jvp", "hvp"):
+        tangents = tuple(_ones(p) for p in primals)
+    if cotangents is None and command == "vjp":
+        cotangents = _ones(func(*primals)[0] if has_aux else func(*primals))
+    if engine == "autograd":
+        return _autograd(command, func, primals, tangents, cotangents, argnums, has_aux)
+    if engine != "func":
+        raise ValueError(f"unknown engine {engine!r}; expected func or autograd")
     import torch.func as tf
 
-    primals = tuple(primals)
     if command == "jvp":
-        if tangents is None:
-            tangents = tuple(_ones(p) for p in primals)
-        got = guarded(lambda: tf.jvp(func, primals, tuple(tangents), has_aux=has_aux), "jvp")
+        got = tf.jvp(func, primals, tuple(tangents), has_aux=has_aux)
         tree = {"output": got[0], "jvp": got[1]}
     elif command == "vjp":
-
-        def run_vjp():
-            out = tf.vjp(func, *primals, has_aux=has_aux)
-            cot = cotangents if cotangents is not None else _ones(out[0])
-            return (out[0], out[1](cot), *out[2:])
-
-        got = guarded(run_vjp, "vjp")
+        out = tf.vjp(func, *primals, has_aux=has_aux)
+        got = (out[0], out[1](cotangents), *out[2:])
         tree = {"output": got[0], "vjp": tuple(got[1])}
-    elif command == "jacfwd":
-        transform = tf.jacfwd(func, argnums=argnums, has_aux=has_aux, randomness=randomness)
-        got = guarded(lambda: transform(*primals), "jacfwd")
+    elif command in ("jacfwd", "jacrev"):
+        if command == "jacfwd":
+            transform = tf.jacfwd(func, argnums=argnums, has_aux=has_aux, randomness=randomness)
+        else:
+            transform = tf.jacrev(func, argnums=argnums, has_aux=has_aux, chunk_size=chunk_size)
+        got = transform(*primals)
         tree = {"jacobian": got[0] if has_aux else got}
-    elif command == "jacrev":
-        transform = tf.jacrev(func, argnums=argnums, has_aux=has_aux, chunk_size=chunk_size)
-        got = guarded(lambda: transform(*primals), "jacrev")
-        tree = {"jacobian": got[0] if has_aux else got}
+    elif command in ("hessian", "hessian-rev"):
+        inner = tf.jacrev(func, argnums=argnums, has_aux=has_aux)
+        if command == "hessian":  # forward over reverse, as torch.func.hessian
+            outer = tf.jacfwd(inner, argnums=argnums, has_aux=has_aux, randomness=randomness)
+        else:  # reverse over reverse: for operators without forward-mode formulas
+            outer = tf.jacrev(inner, argnums=argnums, has_aux=has_aux, chunk_size=chunk_size)
+        got = outer(*primals)
+        tree = {"hessian": got[0] if has_aux else got}
+    elif command == "hvp":  # forward over reverse: jvp of the gradient
+        every = 0 if len(primals) == 1 else tuple(range(len(primals)))
+        gradient = tf.grad_and_value(func, argnums=every, has_aux=has_aux)
+        grads, products, carried = tf.jvp(gradient, primals, tuple(tangents), has_aux=True)
+        value, aux = carried if has_aux else (carried, None)
+        got = (value, grads, products, aux)
+        tree = {"output": value, "grad": grads, "hvp": products}
     else:
-        raise ValueError(f"unknown command {command!r}; expected one of {COMMANDS}")
+        raise ValueError(f"unknown command {command!r}")
     if has_aux:
         tree["aux"] = got[-1]
     return tree
+
+
+def _autograd(command, func, primals, tangents, cotangents, argnums, has_aux) -> dict[str, Any]:
+    from jaccli import engines
+
+    def split(*args):
+        result = func(*args)
+        return result if has_aux else (result, None)
+
+    if command == "jvp":
+        return engines.jvp(split, primals, tangents, has_aux)
+    if command == "vjp":
+        return engines.vjp(split, primals, cotangents, has_aux)
+    if command in ("jacfwd", "jacrev"):
+        return engines.jacobian(split, primals, argnums, has_aux)
+    if command in ("hessian", "hessian-rev"):
+        return engines.hessian(split, primals, argnums, has_aux)
+    if command == "hvp":
+        return engines.hvp(split, primals, tangents, has_aux)
+    raise ValueError(f"unknown command {command!r}")
+
+
+def choose_mode(n_inputs: int, n_outputs: int) -> tuple[str, str]:
+    """Forward or reverse mode for a full Jacobian, and why.
+
+    Forward mode costs one pass per input element, reverse one per output element; a reverse
+    pass costs more than a forward one, so forward also wins a tie.
+    """
+    if n_inputs <= n_outputs:
+        return (
+            "fwd",
+            f"{n_inputs} input elements <= {n_outputs} output elements: forward mode needs fewer passes",
+        )
+    return "rev", f"{n_outputs} output elements < {n_inputs} input elements: reverse mode needs fewer passes"
 
 
 def layout(
@@ -163,7 +249,7 @@ def layout(
 ) -> list[tuple[str, JacobianInfo | None]]:
     """The result keys ``compute`` will give, in order, known before it runs (for --select and -o)."""
     out_leaves = trees.leaves(output)
-    if command in JACOBIAN_COMMANDS:
+    if command in ("jacfwd", "jacrev", "jacobian"):
         many = not isinstance(argnums, int)
         args = argnums if many else (argnums,)
         keys = []
@@ -175,6 +261,17 @@ def layout(
                     trees.join("output", out_key), tuple(leaf.shape), a, tuple(primals[a].shape)
                 )
                 keys.append((trees.join(base, str(position)) if many else base, info))
+    elif command in ("hessian", "hessian-rev"):
+        many = not isinstance(argnums, int)
+        args = argnums if many else (argnums,)
+        keys = [
+            (f"hessian.{i}.{j}" if many else "hessian", None)
+            for i in range(len(args))
+            for j in range(len(args))
+        ]
+    elif command == "hvp":
+        parts = [""] if len(primals) == 1 else [str(i) for i in range(len(primals))]
+        keys = [("output", None)] + [(trees.join(name, p), None) for name in ("grad", "hvp") for p in parts]
     else:
         keys = [(trees.join("output", k), None) for k, _ in out_leaves]
         if command == "jvp":
@@ -218,8 +315,32 @@ def strict_check(func: Callable[..., Any], primals: Sequence[Any], wrt: Sequence
                     )
 
 
-_FORWARD_MISSING = ("forward-mode ad", "forward ad", "jvp function for custom autograd.function")
-_VMAP_TROUBLE = ("vmap", "batched tensor", "batchedtensor", "data-dependent control flow")
+_FORWARD_MISSING = (
+    "forward ad",
+    "forward-mode ad",
+    "jvp function for custom autograd.function",
+    "does not have vmap support",  # a custom autograd.Function under jacfwd's vmap
+)
+_VMAP = ("vmap",)
+_DOUBLE_BACKWARD = ("derivative for", "double backward", "backward of")
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """Why another route might succeed where this one failed: 'forward' (no forward-mode
+    formula), 'vmap' (vmap cannot batch the function), 'missing' (no formula at all for this
+    order), or None: the function's own error."""
+    text = str(exc).lower()
+    if "randomness" in text:
+        return None  # a choice for the user (--randomness), not for a fallback
+    if any(marker in text for marker in _FORWARD_MISSING):
+        return "forward"
+    if any(marker in text for marker in _VMAP):
+        return "vmap"
+    if isinstance(exc, NotImplementedError) or (
+        "not implemented" in text and any(marker in text for marker in _DOUBLE_BACKWARD)
+    ):
+        return "missing"
+    return None
 
 
 def guarded(fn: Callable[[], Any], what: str) -> Any:
@@ -232,18 +353,19 @@ def guarded(fn: Callable[[], Any], what: str) -> Any:
         raise FunctionError(f"{what} called sys.exit({exc.code!r}); a function must return tensors") from exc
     except Exception as exc:
         text = str(exc).lower()
+        why = failure_reason(exc)
         hint = ""
-        if any(s in text for s in _FORWARD_MISSING):
-            hint = (
-                "; an operator here has no forward-mode formula: use reverse mode "
-                "(jac vjp, jac jacrev) instead"
-            )
-        elif "randomness" in text and what == "jacfwd":
+        if "randomness" in text and what in ("jacfwd", "jacobian", "hessian"):
             hint = "; the function draws random numbers: pass --randomness same or different"
-        elif what in JACOBIAN_COMMANDS and any(s in text for s in _VMAP_TROUBLE):
+        elif why == "forward":
             hint = (
-                f"; {what} batches the function with vmap, which this function does not support "
-                "(.item(), data-dependent control flow, in-place ops): use jvp or vjp per direction"
+                "; an operator here has no forward-mode formula: use --engine auto (the default) "
+                "to fall back, or reverse mode (jac vjp, jac jacrev)"
+            )
+        elif why == "vmap":
+            hint = (
+                "; vmap cannot batch this function (.item(), data-dependent control flow, in-place "
+                "ops): use --engine auto (the default) to fall back to a loop"
             )
         raise FunctionError(f"{what} raised {describe(exc)}{hint}") from exc
 

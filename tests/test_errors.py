@@ -324,9 +324,10 @@ CASES = [
     case("aux-not-a-tensor", ["vjp", "errmod:aux_str", "-p", X, "-u", "ones", "--has-aux"], 3, "str"),
     case("backward-raises", ["vjp", "errmod:bad_backward", "-p", X, "-u", "ones"], 3, "vjp", "RuntimeError",
          "backward boom"),
-    case("no-forward-mode-jvp", ["jvp", "errmod:custom", "-p", X, "-t", V], 3, "forward", "reverse mode",
-         "jac vjp"),
-    case("no-forward-mode-jacfwd", ["jacfwd", "errmod:custom", "-p", X], 3, "jacfwd", "RuntimeError"),
+    case("no-forward-mode-jvp", ["jvp", "errmod:custom", "-p", X, "-t", V, "--engine", "func"], 3, "forward",
+         "--engine auto", "jac vjp"),
+    case("no-forward-mode-jacfwd", ["jacfwd", "errmod:custom", "-p", X, "--engine", "func"], 3, "jacfwd",
+         "RuntimeError"),
     case("strict-unused-input", ["jvp", "errmod:ignores", "-p", X, "-p", X, "-t", V, "-t", V, "--strict"], 3,
          "--strict", "primal 1", "drop --strict"),
     case("strict-unused-input-jacrev",
@@ -538,7 +539,7 @@ def test_pickled_object_array_really_is_a_pickle():
 
 
 def test_autograd_function_without_jvp_fails_forward_but_vjp_works(scene: Path):
-    forward = jac("jvp", "errmod:custom", "-p", X, "-t", V)
+    forward = jac("jvp", "errmod:custom", "-p", X, "-t", V, "--engine", "func")
     assert_clean_error(forward, 3, "forward", "reverse mode")
     reverse = jac("vjp", "errmod:custom", "-p", X, "-u", "ones", "--format", "npz", "--no-timings")
     assert reverse.code == 0, reverse

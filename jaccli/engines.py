@@ -1,0 +1,158 @@
+"""The torch.autograd engine: every transform by reverse mode, no vmap, no forward-mode formulas.
+
+These are the fallbacks when torch.func cannot run a function (an operator with no
+forward-mode formula, a function vmap cannot batch), and what ``--engine autograd`` uses:
+
+- jvp by the double-backward trick: g(u) = Jᵀu is linear in u, so J·v = ∂⟨g(u), v⟩/∂u;
+- vjp by one backward pass;
+- Jacobians and Hessians row by row, one backward pass per output element (a loop);
+- hvp by reverse over reverse.
+
+Each takes ``func`` returning ``(output, aux)`` (aux may be None) and gives the same dict tree
+as :func:`jaccli.transforms.compute`, so callers cannot tell engines apart by their results.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, Union
+
+from jaccli import trees
+
+Split = Callable[..., "tuple[Any, Any]"]  # func(*primals) -> (output, aux)
+Argnums = Union[int, "tuple[int, ...]"]
+
+
+def _forward(func: Split, primals: Sequence[Any], wrt: Sequence[int]) -> tuple[list, Any, Any]:
+    import torch
+
+    inputs = [p.detach().requires_grad_(i in wrt) for i, p in enumerate(primals)]
+    with torch.enable_grad():
+        output, aux = func(*inputs)
+    return inputs, output, aux
+
+
+def _grad(outputs: Sequence[Any], inputs: Sequence[Any], cotangents: Sequence[Any], create_graph=False):
+    """Σ ⟨cotangent, ∂output/∂input⟩ for each input, zeros where no path leads (never None)."""
+    import torch
+
+    pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
+    grads = [None] * len(inputs)
+    if pairs:
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs],
+            list(inputs),
+            [c for _, c in pairs],
+            retain_graph=True,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+    return [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]
+
+
+def _detach(tree: Any) -> Any:
+    import torch
+
+    return trees.map_leaves(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree)
+
+
+def _with_aux(tree: dict[str, Any], aux: Any, has_aux: bool) -> dict[str, Any]:
+    if has_aux:
+        tree["aux"] = _detach(aux)
+    return tree
+
+
+def jvp(func: Split, primals: Sequence[Any], tangents: Sequence[Any], has_aux: bool) -> dict[str, Any]:
+    """J·v by the double-backward trick (what torch.autograd.functional.jvp does)."""
+    import torch
+
+    inputs, output, aux = _forward(func, primals, range(len(primals)))
+    outs = [t for _, t in trees.leaves(output)]
+    with torch.enable_grad():
+        dummies = [torch.zeros_like(o, requires_grad=True) for o in outs]
+        transposed = _grad(outs, inputs, dummies, create_graph=True)  # Jᵀu, linear in u
+        results = _grad(transposed, dummies, list(tangents))
+    return _with_aux(
+        {"output": _detach(output), "jvp": trees.unflatten(output, [r.detach() for r in results])},
+        aux,
+        has_aux,
+    )
+
+
+def vjp(func: Split, primals: Sequence[Any], cotangents: Any, has_aux: bool) -> dict[str, Any]:
+    """uᵀJ for every primal, by one backward pass."""
+    inputs, output, aux = _forward(func, primals, range(len(primals)))
+    outs = [t for _, t in trees.leaves(output)]
+    cots = [t for _, t in trees.leaves(cotangents)]
+    grads = _grad(outs, inputs, cots)
+    return _with_aux({"output": _detach(output), "vjp": tuple(g.detach() for g in grads)}, aux, has_aux)
+
+
+def _rows(outs: Sequence[Any], inputs: Sequence[Any], create_graph=False) -> list[list[Any]]:
+    """For each output tensor and each input: the Jacobian block, one backward pass per row."""
+    import torch
+
+    blocks = []
+    for out in outs:
+        flat = out.reshape(-1)
+        rows: list[list[Any]] = [[] for _ in inputs]
+        for k in range(flat.numel()):
+            for i, g in enumerate(_grad([flat[k]], inputs, [torch.ones_like(flat[k])], create_graph)):
+                rows[i].append(g)
+        blocks.append(
+            [
+                torch.stack(r).reshape(out.shape + inp.shape)
+                if r
+                else torch.zeros(out.shape + inp.shape, dtype=out.dtype, device=out.device)
+                for r, inp in zip(rows, inputs)
+            ]
+        )
+    return blocks
+
+
+def jacobian(func: Split, primals: Sequence[Any], argnums: Argnums, has_aux: bool) -> dict[str, Any]:
+    """The Jacobian by reverse mode, row by row (no vmap, so any function autograd handles)."""
+    many = not isinstance(argnums, int)
+    args = argnums if many else (argnums,)
+    inputs, output, aux = _forward(func, primals, args)
+    outs = [t for _, t in trees.leaves(output)]
+    blocks = _rows(outs, [inputs[a] for a in args])
+    values = [tuple(b.detach() for b in block) if many else block[0].detach() for block in blocks]
+    return _with_aux({"jacobian": trees.unflatten(output, values)}, aux, has_aux)
+
+
+def hessian(func: Split, primals: Sequence[Any], argnums: Argnums, has_aux: bool) -> dict[str, Any]:
+    """The Hessian of a one-element output by reverse over reverse, row by row."""
+    import torch
+
+    many = not isinstance(argnums, int)
+    args = argnums if many else (argnums,)
+    inputs, output, aux = _forward(func, primals, args)
+    chosen = [inputs[a] for a in args]
+    with torch.enable_grad():
+        grads = _grad([output], chosen, [torch.ones_like(output)], create_graph=True)
+        blocks = _rows(grads, chosen)
+    if many:
+        value = tuple(tuple(b.detach() for b in row) for row in blocks)
+    else:
+        value = blocks[0][0].detach()
+    return _with_aux({"hessian": value}, aux, has_aux)
+
+
+def hvp(func: Split, primals: Sequence[Any], tangents: Sequence[Any], has_aux: bool) -> dict[str, Any]:
+    """f(x), ∇f(x) and the Hessian-vector product H·v, by reverse over reverse."""
+    import torch
+
+    inputs, output, aux = _forward(func, primals, range(len(primals)))
+    with torch.enable_grad():
+        grads = _grad([output], inputs, [torch.ones_like(output)], create_graph=True)
+        products = _grad(grads, inputs, list(tangents))
+    one = len(primals) == 1
+    return _with_aux(
+        {
+            "output": output.detach(),
+            "grad": grads[0].detach() if one else tuple(g.detach() for g in grads),
+            "hvp": products[0].detach() if one else tuple(p.detach() for p in products),
+        },
+        aux,
+        has_aux,
+    )
