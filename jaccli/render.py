@@ -18,10 +18,10 @@ def jacobian_note(info: Any, flattened: bool) -> str:
     if flattened:
         return (
             f"flattened: {rows} elements of {info.output_key} {out_shape} (rows) x {cols} "
-            f"elements of primal {info.input_index} {in_shape} (columns), both in row-major order"
+            f"elements of {info.input_name} {in_shape} (columns), both in row-major order"
         )
     return (
-        f"shape = {info.output_key} {out_shape} + primal {info.input_index} {in_shape}: "
+        f"shape = {info.output_key} {out_shape} + {info.input_name} {in_shape}: "
         f"entry [i..., j...] is d out[i...] / d in[j...]; as a matrix, {rows} x {cols} (--flatten)"
     )
 
@@ -75,21 +75,21 @@ def render_timings(stream: IO[str], timings: Timings) -> None:
     console = Console(file=stream, highlight=False, soft_wrap=True)
     console.print(table)
     console.print(footer_line(timings), markup=False)
-    for note in timings.notes:
-        console.print(f"note: {note}", markup=False)
 
 
 def footer_line(timings: Timings) -> str:
     f = timings.footer
+    mode = f"{f['mode']}  |  " if f.get("mode") else ""
     ratio = f.get("cost_ratio")
     parts = [
         f"derivative/function {ratio:.2f}x (median)" if ratio else "derivative/function n/a",
-        f"{f.get('command', '')} via {f.get('engine', 'torch.func')}",
+        f"{f.get('command', '')} via {f.get('engine', 'torch.func')}"
+        + (" (fallback)" if timings.notes else ""),
         f"device {f.get('device', '?')}",
         f"dtype {f.get('dtype', '?')}",
         f"torch {f.get('torch', '?')}",
     ]
-    return "  |  ".join(parts)
+    return mode + "  |  ".join(parts)
 
 
 def duration(seconds: float) -> str:

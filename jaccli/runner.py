@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any, BinaryIO, Callable, Union
 
 from jaccli import trees
@@ -170,7 +170,6 @@ def _run(request: Request) -> Outcome:
     if command == "jacobian":
         routed, why = _choose_mode(request.mode, sample_output, sample_primals, argnums)
         mode_note = f"mode: {'forward' if routed == 'jacfwd' else 'reverse'} ({why})"
-        timings.footer["mode"] = mode_note
     layout = transforms.layout(routed, sample_output, sample_primals, argnums, aux, request.has_aux)
     rename = (lambda k: modules.rename_key(k, command, names, argnums)) if names else (lambda k: k)
     keys = [rename(k) for k, _ in layout]
@@ -218,10 +217,17 @@ def _run(request: Request) -> Outcome:
         results, dtypes = {}, {}
         for key in chosen:
             results[key], dtypes[key] = _to_host(flat[key], key)
+        if names is not None:
+            layout = [
+                (k, replace(i, input_label=f"parameter {names[i.input_index]}") if i else None)
+                for k, i in layout
+            ]
         notes = _notes(layout, rename, results, request.flatten, batch, mode_note)
 
     import torch
 
+    if mode_note:
+        timings.footer["mode"] = mode_note
     timings.footer.update(
         command=command,
         engine=router.label,

@@ -35,6 +35,11 @@ class JacobianInfo:
     output_shape: tuple[int, ...]
     input_index: int
     input_shape: tuple[int, ...]
+    input_label: str = ""  # how messages name the input: "primal 0", "parameter 0.weight"
+
+    @property
+    def input_name(self) -> str:
+        return self.input_label or f"primal {self.input_index}"
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
