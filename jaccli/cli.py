@@ -23,6 +23,7 @@ from jaccli.params import (
     function_and_primals,
     inputs_and_device,
     jacobian_options,
+    module_options,
     output_options,
     randomness_option,
     timing_options,
@@ -262,6 +263,81 @@ def hessian(**options: Any) -> None:
 )
 def hvp(**options: Any) -> None:
     _execute("hvp", options)
+
+
+@cli.command(
+    epilog="Exit codes: 0 every check passed (or was skipped), 1 a check failed, 2 usage or input "
+    "error, 3 the function raised."
+)
+@function_and_primals
+@click.option(
+    "--full", is_flag=True, help="Also compare the whole Jacobian with finite differences, column by column."
+)
+@click.option("--rtol", type=float, help="Relative tolerance [default: 1e-3, torch.autograd.gradcheck's].")
+@click.option("--atol", type=float, help="Absolute tolerance [default: 1e-5, gradcheck's].")
+@click.option("--eps", type=float, help="Finite-difference step [default: 1e-6, gradcheck's].")
+@click.option(
+    "--directions",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Random directions for the adjoint and finite-difference checks.",
+)
+@module_options
+@inputs_and_device
+@output_options
+@timing_options
+def check(**options: Any) -> int:
+    """Check a function's derivatives: forward vs reverse, the adjoint identity, finite differences.
+
+    Computes in float64 (inputs are upcast; --dtype keeps another, with looser default
+    tolerances). Each check is PASS, FAIL (naming the worst entry) or SKIPPED (with the
+    reason, e.g. an operator without forward mode). Exit code 1 when any check fails.
+
+    \b
+    Examples:
+      jac check examples/quickstart.py:f -p examples/x.npy
+      jac check "examples/mlp.py:model()" -p randn:4 --full
+      jac check mymod:layer -p x.npy --wrt params --format json
+    """
+    from jaccli.runner import deliver_check, run_check
+
+    request = _request("check", options)
+    outcome = run_check(request, stdout=sys.stdout.buffer)
+    deliver_check(outcome, request, sys.stdout)
+    if not options["quiet"] and not options["no_timings"]:
+        from jaccli.render import render_timings
+
+        render_timings(sys.stderr, outcome.timings)
+    return 0 if outcome.report.passed else 1
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for scripts.",
+)
+def info(fmt: str) -> None:
+    """Versions of Python, torch and numpy, and the devices jac can use.
+
+    \b
+    Examples:
+      jac info
+      jac info --format json
+    """
+    from jaccli.info import gather, render
+
+    facts = gather()
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(facts))
+    else:
+        render(sys.stdout, facts)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:

@@ -207,6 +207,9 @@ engine_options = _stack(
         metavar="N",
         help="The primals carry a batch along dimension N: derivatives per sample, batch first.",
     ),
+)
+
+module_options = _stack(
     click.option(
         "--wrt",
         type=click.Choice(["inputs", "params"]),

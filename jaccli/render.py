@@ -113,3 +113,40 @@ def warn_non_finite(stream: IO[str], results: dict[str, Any]) -> None:
             nan = int(np.isnan(array).sum())
             inf = int(np.isinf(array).sum())
             stream.write(f"warning: {key} holds {nan} NaN and {inf} infinite value(s) of {array.size}\n")
+
+
+def render_checks(stream: IO[str], report: Any) -> None:
+    """The verdict table of ``jac check``, then one line per failed or skipped check."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    colour = {"PASS": "green", "FAIL": "bold red", "SKIPPED": "yellow"}
+    table = Table(box=None, padding=(0, 2), show_edge=False, header_style="bold")
+    for column, justify in (
+        ("check", "left"),
+        ("max abs err", "right"),
+        ("max rel err", "right"),
+        ("", "left"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for row in report.rows:
+        table.add_row(
+            row.name,
+            "" if row.max_abs is None else f"{row.max_abs:.2e}",
+            "" if row.max_rel is None else f"{row.max_rel:.2e}",
+            f"[{colour[row.verdict]}]{row.verdict}[/]",
+        )
+    console = Console(file=stream, highlight=False, soft_wrap=True)
+    console.print(table)
+    for row in report.rows:
+        if row.detail:
+            console.print(
+                f"  [{colour[row.verdict]}]{row.verdict}[/] {escape(row.name)}: {escape(row.detail)}"
+            )
+    tol = report.tolerance
+    verdict = "PASS" if report.passed else "FAIL"
+    console.print(
+        f"[{colour[verdict]}]{verdict}[/] in {report.dtype}: an entry passes when |a - b| <= atol + rtol*|b| "
+        f"(atol {tol['atol']:g}, rtol {tol['rtol']:g}); finite differences with eps {tol['eps']:g}"
+    )

@@ -57,6 +57,11 @@ class Request:
     wrt: str = "inputs"  # inputs, params
     state: str | None = None  # parameters for an nn.Module FUNC: .pt (weights only) or .npz
     timings_path: str | None = None
+    full: bool = False  # check: the whole Jacobian by finite differences, column by column
+    rtol: float | None = None  # check: tolerances (defaults: torch.autograd.gradcheck's)
+    atol: float | None = None
+    eps: float | None = None
+    directions: int = 3  # check: random directions for the adjoint and finite differences
     repeat: int | None = None  # None: automatic (see timing.series)
     warmup: int | None = None
     stdin: BinaryIO | None = None
@@ -106,17 +111,32 @@ def run(request: Request, stdout: BinaryIO | None = None) -> Outcome:
         return _run(request)
 
 
-def _run(request: Request) -> Outcome:
+@dataclass
+class Setup:
+    """What every command works on, once loaded, read and placed on the device."""
+
+    fn: Callable[..., Any]  # the function to differentiate, keyword arguments bound
+    primals: list  # what is differentiated: the -p inputs, or the parameters (--wrt params)
+    names: list[str] | None  # parameter names under --wrt params
+    argnums: Any
+    tangents: list | None
+    cotangent_sources: list
+    device: Any
+    timings: Timings
+    rng: Any
+
+
+def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
+    """Load the function, read the inputs, move them to the device: the first three phases."""
     import numpy as np
 
     from jaccli import arguments, transforms
     from jaccli.devices import place_module, resolve_device, synchronizer
     from jaccli.inputs import Stdin
     from jaccli.loading import check_call, load_function
-    from jaccli.routing import ENGINES, Router, evaluate
+    from jaccli.routing import ENGINES
 
-    command = request.command
-    _check_options(request, transforms.COMMANDS, ENGINES)
+    _check_options(request, commands, ENGINES)
     device = resolve_device(request.device)
     timings = Timings(sync=synchronizer(device))
     rng = np.random.default_rng(request.seed)
@@ -154,8 +174,21 @@ def _run(request: Request) -> Outcome:
         argnums = tuple(range(len(primals)))  # every parameter, keyed by name
     argnums = transforms.normalize_argnums(argnums, len(primals))
     tangents = None
-    if command in ("jvp", "hvp"):
-        tangents = arguments.tangent_tensors(tangent_sources, primals, rng, names, command)
+    if request.command in ("jvp", "hvp"):
+        tangents = arguments.tangent_tensors(tangent_sources, primals, rng, names, request.command)
+    return Setup(fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng)
+
+
+def _run(request: Request) -> Outcome:
+    from jaccli import arguments, transforms
+    from jaccli.routing import Router, evaluate
+
+    command = request.command
+    setup = _setup(request, transforms.COMMANDS)
+    fn, primals, names, argnums = setup.fn, setup.primals, setup.names, setup.argnums
+    tangents, timings, rng, device = setup.tangents, setup.timings, setup.rng, setup.device
+    if names is not None:
+        from jaccli import modules
 
     batch = request.batch_dim
     with timings.phase("function, first call"):
@@ -181,7 +214,7 @@ def _run(request: Request) -> Outcome:
     check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
     cotangents = None
     if command == "vjp":
-        cotangents = arguments.cotangent_tree(cotangent_sources, output, rng)
+        cotangents = arguments.cotangent_tree(setup.cotangent_sources, output, rng)
     if request.strict:
         wrt = tuple(range(len(primals))) if command in ("jvp", "vjp", "hvp") else _as_tuple(argnums)
         first = [p.select(batch, 0) for p in primals] if batch is not None else primals
@@ -381,10 +414,86 @@ def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: 
             render_text(text_stdout, outcome.results, outcome.notes, outcome.dtypes)
         else:
             outputs.write_stream(stdout, fmt, outcome.results)
-    if request.timings_path is not None:
-        doc = outcome.timings.as_dict()
-        tfmt = outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
-        outputs.atomic_write(
-            request.timings_path,
-            lambda fh: fh.write(outputs.dump_document(doc, tfmt).encode("utf-8")),
+    _write_timings(outcome.timings, request)
+
+
+@dataclass
+class CheckOutcome:
+    report: Any  # jaccli.check.Report
+    timings: Timings
+
+
+def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
+    """``jac check``: float64 unless --dtype says otherwise; nothing is written."""
+    check_request(request, stdout)
+    fmt = output_format(request)
+    if fmt not in ("text", "json", "yaml"):
+        raise InputError(f"jac check writes a report: use text, json or yaml, not {fmt}")
+    if request.batch_dim is not None:
+        raise InputError("jac check does not take --batch-dim; check one sample")
+    request = replace(request, dtype=request.dtype or "float64")
+    with contextlib.redirect_stdout(sys.stderr):
+        return _check(request)
+
+
+def _check(request: Request) -> CheckOutcome:
+    import torch
+
+    from jaccli import check, transforms
+
+    setup = _setup(request, ("check",))
+    fn, primals, timings = setup.fn, setup.primals, setup.timings
+    with timings.phase("function, first call"):
+        transforms.call_function(fn, primals, request.has_aux)
+    dtype = str(primals[0].dtype).replace("torch.", "")
+    tolerance = check.tolerances(dtype, rtol=request.rtol, atol=request.atol, eps=request.eps)
+    with timings.phase("checks"):
+        rows = transforms.guarded(
+            lambda: check.run_checks(
+                fn,
+                primals,
+                has_aux=request.has_aux,
+                tolerance=tolerance,
+                rng=setup.rng,
+                directions=request.directions,
+                full=request.full,
+                names=setup.names,
+            ),
+            "check",
         )
+    timings.series("function alone", lambda: fn(*primals), request.repeat, request.warmup)
+    timings.footer.update(
+        command="check",
+        engine="torch.func",
+        device=str(setup.device),
+        dtype=dtype,
+        torch=str(torch.__version__),
+    )
+    return CheckOutcome(check.Report(rows, tolerance, dtype), timings)
+
+
+def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str]) -> None:
+    from jaccli import outputs
+    from jaccli.render import render_checks
+
+    fmt = output_format(request)
+    doc = outcome.report.as_dict()
+    with outcome.timings.phase("write"):
+        if request.out is not None and request.out != "-":
+            outputs.atomic_write(request.out, lambda fh: fh.write(outputs.dump_document(doc, fmt).encode()))
+        elif fmt == "text":
+            render_checks(text_stdout, outcome.report)
+        else:
+            text_stdout.write(outputs.dump_document(doc, fmt))
+            text_stdout.flush()
+    _write_timings(outcome.timings, request)
+
+
+def _write_timings(timings: Timings, request: Request) -> None:
+    if request.timings_path is None:
+        return
+    from jaccli import outputs
+
+    doc = timings.as_dict()
+    fmt = outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
+    outputs.atomic_write(request.timings_path, lambda fh: fh.write(outputs.dump_document(doc, fmt).encode()))
