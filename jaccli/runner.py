@@ -199,10 +199,13 @@ def _run(request: Request) -> Outcome:
     if command in ("hessian", "hvp"):
         _check_scalar(command, sample_output)
     mode_note = None
-    routed = command
+    routed, trial = command, False
     if command == "jacobian":
-        routed, why = _choose_mode(request.mode, sample_output, sample_primals, argnums)
-        mode_note = f"mode: {'forward' if routed == 'jacfwd' else 'reverse'} ({why})"
+        call_time = timings.get("function, first call").times[0]
+        routed, why, trial = _choose_mode(
+            request.mode, sample_output, sample_primals, argnums, call_time, batch
+        )
+        mode_note = f"mode: {_MODE_NAMES[routed]} ({why})"
     layout = transforms.layout(routed, sample_output, sample_primals, argnums, aux, request.has_aux)
     rename = (lambda k: modules.rename_key(k, command, names, argnums)) if names else (lambda k: k)
     keys = [rename(k) for k, _ in layout]
@@ -220,23 +223,23 @@ def _run(request: Request) -> Outcome:
         first = [p.select(batch, 0) for p in primals] if batch is not None else primals
         transforms.strict_check(fn, first, wrt, request.has_aux)
 
-    router = Router(
-        routed,
-        request.engine,
-        fn,
-        primals,
-        {
+    def router_for(routed_command: str) -> Router:
+        options = {
             "tangents": tangents,
             "cotangents": cotangents,
             "argnums": argnums,
             "has_aux": request.has_aux,
             "chunk_size": request.chunk_size,
             "randomness": request.randomness,
-        },
-        batch_dim=batch,
-    )
+        }
+        return Router(routed_command, request.engine, fn, primals, options, batch_dim=batch)
+
     with timings.phase("first call"):
-        tree = router()
+        if trial:
+            router, tree, mode_note = _trial(router_for, timings.sync)
+        else:
+            router = router_for(routed)
+            tree = router()
     timings.notes.extend(router.fallbacks)
     timings.series("steady-state compute", router, request.repeat, request.warmup)
     timings.series(
@@ -327,15 +330,48 @@ def _check_scalar(command: str, output: Any) -> None:
         )
 
 
-def _choose_mode(mode: str, output: Any, primals: Sequence[Any], argnums: Any) -> tuple[str, str]:
-    from jaccli.transforms import choose_mode
+_MODE_NAMES = {"jacfwd": "forward", "jacrev": "reverse"}
+
+
+def _choose_mode(
+    mode: str, output: Any, primals: Sequence[Any], argnums: Any, call_time: float, batch: int | None
+) -> tuple[str, str, bool]:
+    """(jacfwd or jacrev, why, whether to time both on the first call instead)."""
+    from jaccli.transforms import choose_mode, worth_a_trial
 
     if mode != "auto":
-        return ("jacfwd" if mode == "fwd" else "jacrev"), f"--mode {mode}"
+        return ("jacfwd" if mode == "fwd" else "jacrev"), f"--mode {mode}", False
     n_in = sum(primals[a].numel() for a in _as_tuple(argnums))
     n_out = sum(t.numel() for _, t in trees.leaves(output))
     picked, why = choose_mode(n_in, n_out)
-    return ("jacfwd" if picked == "fwd" else "jacrev"), f"--mode auto: {why}"
+    trial = worth_a_trial(n_in, n_out, call_time)
+    return ("jacfwd" if picked == "fwd" else "jacrev"), f"--mode auto: {why}", trial
+
+
+def _trial(router_for: Callable[[str], Any], sync: Callable[[], None]) -> tuple[Any, Any, str]:
+    """Time forward and reverse mode once each (after a warm-up run) and keep the faster."""
+    import time
+
+    routers = {name: router_for(name) for name in ("jacrev", "jacfwd")}
+    trees_: dict[str, Any] = {}
+    times: dict[str, float] = {name: float("inf") for name in routers}
+    for router in routers.values():
+        router()  # the warm-up: lazy imports, the route through any fallbacks
+    for order in (("jacrev", "jacfwd"), ("jacfwd", "jacrev")):  # alternate: load hits both
+        for name in order:
+            sync()
+            start = time.perf_counter()
+            trees_[name] = routers[name]()
+            sync()
+            times[name] = min(times[name], time.perf_counter() - start)
+    best = min(times, key=times.get)
+    from jaccli.render import duration
+
+    why = (
+        f"--mode auto, small enough to measure: forward {duration(times['jacfwd'])}, "
+        f"reverse {duration(times['jacrev'])} on the first call"
+    )
+    return routers[best], trees_[best], f"mode: {_MODE_NAMES[best]} ({why})"
 
 
 def _as_tuple(argnums: Any) -> tuple[int, ...]:

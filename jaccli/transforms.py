@@ -230,18 +230,31 @@ def _autograd(command, func, primals, tangents, cotangents, argnums, has_aux) ->
     raise ValueError(f"unknown command {command!r}")
 
 
-def choose_mode(n_inputs: int, n_outputs: int) -> tuple[str, str]:
-    """Forward or reverse mode for a full Jacobian, and why.
+# Where `jac jacobian --mode auto` times both modes instead of trusting sizes: measured on a
+# 2-core CPU, jacfwd carries ~2 ms of fixed cost against jacrev's ~0.5 ms, so below a few
+# thousand elements a side the winner depends on the function (benchmarks/RESULTS.md).
+TRIAL_MAX_SIDE = 4096
+TRIAL_MAX_ENTRIES = 1 << 20
+TRIAL_MAX_CALL_S = 0.01
 
-    Forward mode costs one pass per input element, reverse one per output element; a reverse
-    pass costs more than a forward one, so forward also wins a tie.
+
+def choose_mode(n_inputs: int, n_outputs: int) -> tuple[str, str]:
+    """Forward or reverse mode for a full Jacobian by pass counts, and why.
+
+    Forward mode costs one pass per input element, reverse one per output element.
     """
-    if n_inputs <= n_outputs:
-        return (
-            "fwd",
-            f"{n_inputs} input elements <= {n_outputs} output elements: forward mode needs fewer passes",
-        )
-    return "rev", f"{n_outputs} output elements < {n_inputs} input elements: reverse mode needs fewer passes"
+    if n_inputs < n_outputs:
+        return "fwd", f"{n_inputs} input elements < {n_outputs} output elements: forward needs fewer passes"
+    return "rev", f"{n_outputs} output elements <= {n_inputs} input elements: reverse needs fewer passes"
+
+
+def worth_a_trial(n_inputs: int, n_outputs: int, call_time: float) -> bool:
+    """Small problems, where fixed costs decide, are cheaper to measure than to predict."""
+    return (
+        max(n_inputs, n_outputs) <= TRIAL_MAX_SIDE
+        and n_inputs * n_outputs <= TRIAL_MAX_ENTRIES
+        and call_time <= TRIAL_MAX_CALL_S
+    )
 
 
 def layout(

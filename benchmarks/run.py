@@ -1,0 +1,117 @@
+"""jac's benchmark suite: ratios measured side by side in one run, never absolute targets.
+
+    python benchmarks/run.py            # everything, a few minutes
+    python benchmarks/run.py --quick    # fewer rounds, well under 2 minutes
+    python benchmarks/run.py mode       # one section
+
+Each section times its contenders alternately, round after round, so a burst of load on a
+shared machine hits them all; it reports min and median over rounds. Sections:
+
+- mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev, through jac's own
+  code path (``jaccli.run``), on functions where the choice matters and where it does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_functions  # noqa: E402
+
+
+def steady_median(command: str, func, x, mode: str, repeat: int, batch_dim=None) -> float:
+    """The steady-state median of one jac run, seconds."""
+    from jaccli import Request, run
+
+    outcome = run(
+        Request(command, func, primals=[x], mode=mode, repeat=repeat, warmup=2, batch_dim=batch_dim)
+    )
+    return outcome.timings.get("steady-state compute").stats()["median"]
+
+
+def section_mode(rounds: int, repeat: int) -> list[dict]:
+    from jaccli.runner import Request, run
+
+    rows = []
+    for case in bench_functions.mode_cases():
+        name, func, x, batch = case["name"], case["func"], case["x"], case.get("batch_dim")
+        chosen = run(Request("jacobian", func, primals=[x], mode="auto", repeat=1, warmup=0, batch_dim=batch))
+        picked = chosen.timings.footer["mode"].split()[1]
+        times: dict[str, list[float]] = {"fwd": [], "rev": [], "auto": []}
+        for r in range(rounds):
+            order = ["fwd", "rev", "auto"] if r % 2 == 0 else ["auto", "rev", "fwd"]
+            for mode in order:
+                times[mode].append(steady_median("jacobian", func, x, mode, repeat, batch))
+        best_min = min(min(times["fwd"]), min(times["rev"]))
+        best_med = min(statistics.median(times["fwd"]), statistics.median(times["rev"]))
+        rows.append(
+            {
+                "function": name,
+                "in": case["n_in"],
+                "out": case["n_out"],
+                "auto picks": picked,
+                "fwd median": fmt_time(statistics.median(times["fwd"])),
+                "rev median": fmt_time(statistics.median(times["rev"])),
+                "auto / best (min)": min(times["auto"]) / best_min,
+                "auto / best (median)": statistics.median(times["auto"]) / best_med,
+            }
+        )
+    return rows
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n## {title}\n")
+    headers = list(rows[0])
+    cells = [[_cell(row[h]) for h in headers] for row in rows]
+    print("| " + " | ".join(headers) + " |")
+    print("| " + " | ".join("---" for _ in headers) + " |")
+    for line in cells:
+        print("| " + " | ".join(line) + " |")
+
+
+def _cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def machine() -> str:
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"load average {' '.join(f'{v:.2f}' for v in load)}"
+    )
+
+
+SECTIONS = {"mode": section_mode}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
+    args = parser.parse_args()
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    rounds, repeat = (3, 5) if args.quick else (7, 15)
+    print(f"# jac benchmarks\n\n{machine()}; {rounds} rounds of {repeat} runs each")
+    for name in args.sections or list(SECTIONS):
+        print_table(name, SECTIONS[name](rounds, repeat))
+    print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
