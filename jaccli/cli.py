@@ -104,6 +104,7 @@ def transform_command(help_text: str, *extra: Callable) -> Callable:
                 function_and_primals,
                 *extra,
                 engine_options,
+                module_options,
                 inputs_and_device,
                 output_options,
                 timing_options,

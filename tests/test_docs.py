@@ -51,9 +51,11 @@ def test_top_level_help_lists_every_command():
 
 @pytest.mark.parametrize("line", _readme_commands())
 def test_readme_command_runs(line, examples_copy):
+    expected = re.search(r"# exit (\d+)", line)  # a command documented to fail says so
     run = jac(*shlex.split(line, comments=True)[1:])
-    assert run.code == 0, (line, run)
-    assert "steady-state compute" in run.stderr  # the timing table, on stderr
+    assert run.code == (int(expected.group(1)) if expected else 0), (line, run)
+    if line.split()[1] != "info":
+        assert "function alone" in run.stderr  # the timing table, on stderr
 
 
 def test_readme_lists_enough_commands():
@@ -62,13 +64,13 @@ def test_readme_lists_enough_commands():
     assert {c.split()[1] for c in commands} >= {"jvp", "vjp", "jacfwd", "jacrev"}
 
 
-def test_readme_console_output_is_what_jac_prints(examples_copy):
-    (block,) = _blocks("console")
+@pytest.mark.parametrize("block", _blocks("console"), ids=lambda b: b.splitlines()[0][:40])
+def test_readme_console_output_is_what_jac_prints(block, examples_copy):
     prompt, *expected = block.strip("\n").splitlines()
     assert prompt.startswith("$ jac ")
     run = jac(*shlex.split(prompt)[2:])
-    assert run.code == 0, run
-    assert run.stdout.strip("\n").splitlines() == expected
+    assert run.code in (0, 1), run
+    assert [line.rstrip() for line in run.stdout.strip("\n").splitlines()] == expected
 
 
 def test_readme_python_snippet_runs(examples_copy):
