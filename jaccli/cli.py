@@ -274,9 +274,17 @@ def hvp(**options: Any) -> None:
 @click.option(
     "--full", is_flag=True, help="Also compare the whole Jacobian with finite differences, column by column."
 )
-@click.option("--rtol", type=float, help="Relative tolerance [default: 1e-3, torch.autograd.gradcheck's].")
-@click.option("--atol", type=float, help="Absolute tolerance [default: 1e-5, gradcheck's].")
-@click.option("--eps", type=float, help="Finite-difference step [default: 1e-6, gradcheck's].")
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    help="Relative tolerance [default: 1e-3, torch.autograd.gradcheck's].",
+)
+@click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance [default: 1e-5, gradcheck's].")
+@click.option(
+    "--eps",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Finite-difference step [default: 1e-6, gradcheck's].",
+)
 @click.option(
     "--directions",
     type=click.IntRange(min=1),
