@@ -78,15 +78,17 @@ def tangent_tensors(
     rng: np.random.Generator,
     names: Sequence[str] | None = None,
     command: str = "jvp",
+    batch_dim: int | None = None,
 ) -> list:
     """Tangents on the primals' device, one per primal with its shape and dtype.
 
     With ``names`` (a module's parameters under --wrt params) a mapping is matched by name.
+    Under --batch-dim, v defaults to 1 when every sample of every primal has one element.
     """
     what = "parameter" if names else "primal"
     labels = list(names) if names else [str(i) for i in range(len(primals))]
     if not sources:
-        if all(p.numel() == 1 for p in primals):
+        if all(_sample_size(p, batch_dim) == 1 for p in primals):
             return [_ones_like(p) for p in primals]
         sizes = ", ".join(f"{what} {k} has {p.numel()} elements" for k, p in zip(labels, primals))
         raise InputError(
@@ -102,11 +104,16 @@ def tangent_tensors(
     return [_paired(a, p, f"tangent {k}", f"{what} {k}") for k, a, p in zip(labels, arrays, primals)]
 
 
-def cotangent_tree(sources: Sequence[Source], output: Any, rng: np.random.Generator) -> Any:
-    """Cotangents shaped like ``output`` (a tensor, or a tuple/list/dict of them)."""
+def cotangent_tree(
+    sources: Sequence[Source], output: Any, rng: np.random.Generator, batched: bool = False
+) -> Any:
+    """Cotangents shaped like ``output`` (a tensor, or a tuple/list/dict of them).
+
+    u defaults to 1 when the output (each sample's, when ``batched``) has one element.
+    """
     leaves = trees.leaves(output)
     if not sources:
-        if len(leaves) == 1 and leaves[0][1].numel() == 1:
+        if len(leaves) == 1 and _sample_size(leaves[0][1], 0 if batched else None) == 1:
             return trees.unflatten(output, [_ones_like(leaves[0][1])])
         shapes = ", ".join(f"{_out_name(k)} has shape {tuple(t.shape)}" for k, t in leaves)
         raise InputError(
@@ -124,6 +131,13 @@ def cotangent_tree(sources: Sequence[Source], output: Any, rng: np.random.Genera
         _paired(a, t, f"cotangent for {_out_name(k)}", _out_name(k)) for a, (k, t) in zip(arrays, leaves)
     ]
     return trees.unflatten(output, values)
+
+
+def _sample_size(tensor: Any, batch_dim: int | None) -> int:
+    """Elements of one sample (of the whole tensor without a batch dimension)."""
+    if batch_dim is None or tensor.dim() == 0 or tensor.shape[batch_dim] == 0:
+        return tensor.numel()
+    return tensor.numel() // tensor.shape[batch_dim]
 
 
 def _out_name(key: str) -> str:

@@ -66,6 +66,7 @@ ROUTES: dict[str, list[Route]] = {
 _WHY = {
     "forward": "an operator has no forward-mode formula",
     "vmap": "vmap cannot batch the function",
+    "functorch": "torch.func cannot transform the function",
     "missing": "a derivative formula is missing",
 }
 
@@ -87,12 +88,17 @@ class Router:
         routes = ROUTES[self.command]
         if self.engine != "auto":
             routes = [r for r in routes if r.engine == self.engine][:1]
-        looped = [False, True] if self.batch_dim is not None else [False]
-        if self.engine == "autograd" and self.batch_dim is not None:
-            looped = [True]  # vmap belongs to torch.func
-        if self.engine == "func":
-            looped = looped[:1]
-        return [(route, loop) for route in routes for loop in looped]
+        if self.batch_dim is None:
+            return [(route, False) for route in routes]
+        candidates = []
+        for route in routes:
+            if route.engine == "autograd":
+                candidates.append((route, True))  # autograd cannot run inside vmap: loop over samples
+            else:
+                candidates.append((route, False))
+                if self.engine == "auto":
+                    candidates.append((route, True))
+        return candidates
 
     def __call__(self) -> dict[str, Any]:
         if self.chosen is not None:
@@ -187,7 +193,7 @@ def evaluate(func: Callable[..., Any], primals: Sequence[Any], batch_dim: int | 
         try:
             return per_sample(one, primals, {}, batch_dim, loop=False)["value"]
         except Exception as exc:
-            if engine == "func" or failure_reason(exc) != "vmap":
+            if engine == "func" or failure_reason(exc) is None:
                 raise
     return per_sample(one, primals, {}, batch_dim, loop=True)["value"]
 

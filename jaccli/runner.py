@@ -175,7 +175,9 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
     argnums = transforms.normalize_argnums(argnums, len(primals))
     tangents = None
     if request.command in ("jvp", "hvp"):
-        tangents = arguments.tangent_tensors(tangent_sources, primals, rng, names, request.command)
+        tangents = arguments.tangent_tensors(
+            tangent_sources, primals, rng, names, request.command, request.batch_dim
+        )
     return Setup(fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng)
 
 
@@ -217,7 +219,7 @@ def _run(request: Request) -> Outcome:
     check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
     cotangents = None
     if command == "vjp":
-        cotangents = arguments.cotangent_tree(setup.cotangent_sources, output, rng)
+        cotangents = arguments.cotangent_tree(setup.cotangent_sources, output, rng, batched=batch is not None)
     if request.strict:
         wrt = tuple(range(len(primals))) if command in ("jvp", "vjp", "hvp") else _as_tuple(argnums)
         first = [p.select(batch, 0) for p in primals] if batch is not None else primals
@@ -357,6 +359,11 @@ def _trial(router_for: Callable[[str], Any], sync: Callable[[], None]) -> tuple[
     times: dict[str, float] = {name: float("inf") for name in routers}
     for router in routers.values():
         router()  # the warm-up: lazy imports, the route through any fallbacks
+    ran_other = [name for name, router in routers.items() if router.chosen[0].command != name]
+    if ran_other:  # jacfwd fell back to reverse mode (no forward-mode formula): nothing to compare
+        router = routers["jacrev"]
+        why = f"--mode auto: forward mode is not available here ({'; '.join(routers['jacfwd'].fallbacks)})"
+        return router, router(), f"mode: reverse ({why})"
     for order in (("jacrev", "jacfwd"), ("jacfwd", "jacrev")):  # alternate: load hits both
         for name in order:
             sync()

@@ -337,16 +337,17 @@ _FORWARD_MISSING = (
     "forward ad",
     "forward-mode ad",
     "jvp function for custom autograd.function",
-    "does not have vmap support",  # a custom autograd.Function under jacfwd's vmap
 )
-_VMAP = ("vmap",)
+# torch's vmap errors start "vmap: ..."; a custom autograd.Function without a vmap rule says so
+_VMAP = ("vmap:", "does not have vmap support", "batching rule")
+_NOT_TRANSFORMABLE = ("must override the setup_context",)  # an old-style autograd.Function
 _DOUBLE_BACKWARD = ("derivative for", "double backward", "backward of")
 
 
 def failure_reason(exc: BaseException) -> str | None:
     """Why another route might succeed where this one failed: 'forward' (no forward-mode
-    formula), 'vmap' (vmap cannot batch the function), 'missing' (no formula at all for this
-    order), or None: the function's own error."""
+    formula), 'vmap' (vmap cannot batch the function), 'functorch' (torch.func cannot transform
+    it at all), 'missing' (no formula for this order), or None: the function's own error."""
     text = str(exc).lower()
     if "randomness" in text:
         return None  # a choice for the user (--randomness), not for a fallback
@@ -354,6 +355,8 @@ def failure_reason(exc: BaseException) -> str | None:
         return "forward"
     if any(marker in text for marker in _VMAP):
         return "vmap"
+    if any(marker in text for marker in _NOT_TRANSFORMABLE):
+        return "functorch"
     if isinstance(exc, NotImplementedError) or (
         "not implemented" in text and any(marker in text for marker in _DOUBLE_BACKWARD)
     ):
@@ -383,8 +386,11 @@ def guarded(fn: Callable[[], Any], what: str) -> Any:
         elif why == "vmap":
             hint = (
                 "; vmap cannot batch this function (.item(), data-dependent control flow, in-place "
-                "ops): use --engine auto (the default) to fall back to a loop"
+                "ops, an autograd.Function without a vmap rule): use --engine auto (the default) to "
+                "fall back to a loop"
             )
+        elif why == "functorch":
+            hint = "; torch.func cannot transform this function: use --engine auto (the default) or autograd"
         raise FunctionError(f"{what} raised {describe(exc)}{hint}") from exc
 
 
