@@ -28,6 +28,12 @@ def features(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(k * x[0]), torch.sin(k * x[1]), torch.tanh(k * x[2])])
 
 
+def curve(x: torch.Tensor) -> torch.Tensor:
+    """One input traced out to many outputs through cheap elementwise work."""
+    k = torch.arange(1, 101, dtype=x.dtype)
+    return torch.cat([torch.cos(k * x), torch.sin(k * x), torch.tanh(k * x)])
+
+
 def _randn(*shape: int) -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(*shape)
@@ -44,6 +50,8 @@ def mode_cases() -> list[dict]:
         {"name": "elementwise 1000", "func": elementwise, "x": _randn(1000), "n_in": 1000, "n_out": 1000},
         {"name": "rosenbrock 1000", "func": rosenbrock, "x": _randn(1000), "n_in": 1000, "n_out": 1},
         {"name": "features 3->300", "func": features, "x": _randn(3), "n_in": 3, "n_out": 300},
+        {"name": "curve 1->300", "func": curve, "x": _randn(1), "n_in": 1, "n_out": 300},
+        {"name": "mlp 4->64->5000", "func": mlp([4, 64, 5000]), "x": _randn(4), "n_in": 4, "n_out": 5000},
         {
             "name": "mlp 64->10, batch 32",
             "func": mlp([64, 64, 10]),
