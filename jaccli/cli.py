@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
 
     Flags.debug = False
     code: int = ExitCode.OK
+    previous = _on_sigterm()
     try:
         result = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK
@@ -372,8 +373,11 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
         _fail(f"{prog_name}: error: {exc}")
         code = exc.exit_code
     except (KeyboardInterrupt, click.Abort):
-        _fail(f"{prog_name}: interrupted")
+        _fail(f"{prog_name}: interrupted (SIGINT); nothing was written")
         code = 130
+    except Terminated:
+        _fail(f"{prog_name}: terminated (SIGTERM); nothing was written")
+        code = 143
     except Exception as exc:
         from jaccli.errors import describe
 
@@ -382,7 +386,32 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
             "--debug for the traceback and report it"
         )
         code = ExitCode.INTERNAL
+    finally:
+        _restore_sigterm(previous)
     sys.exit(int(code))
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that the same cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm():
+    import signal
+
+    def handler(signum, frame):  # noqa: ANN001 - signal's signature
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        return None
+
+
+def _restore_sigterm(previous) -> None:  # noqa: ANN001
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
 
 
 # click >= 8.2 raises this for a group called with no arguments (older clicks print the help)

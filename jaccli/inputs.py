@@ -14,12 +14,13 @@ import os
 import re
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Union
+from typing import IO, Any, BinaryIO, Union
 
 import numpy as np
 
-from jaccli.errors import InputError
+from jaccli.errors import InputError, human_size
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _INT_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64")
@@ -55,11 +56,11 @@ class Generator:
 
     def make(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         size = math.prod(shape)
-        limit = _memory_limit()
+        limit = available_memory()
         if size * 8 > limit:
             raise InputError(
-                f"{self.origin}: shape {shape} has {size:,} elements ({size * 8 / 2**30:.1f} GiB "
-                f"in float64), more than the {limit / 2**30:.1f} GiB of memory available"
+                f"{self.origin}: shape {shape} has {size:,} elements ({human_size(size * 8)} "
+                f"in float64), more than the {human_size(limit)} of memory available"
             )
         if self.kind == "randn":
             return rng.standard_normal(shape)
@@ -69,7 +70,7 @@ class Generator:
 Source = Union[Generator, "list[Array]"]
 
 
-def _memory_limit() -> int:
+def available_memory() -> int:
     """Bytes of physical memory available now (all of it where the system does not say)."""
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -189,19 +190,8 @@ def _read_bytes(data: bytes, origin: str) -> list[Array]:
     return _from_yaml_text(text, origin)
 
 
-def _np_load(file: Any, origin: str, kind: str) -> Any:
-    """``np.load`` with pickles refused, its failures as one-line input errors.
-
-    The signature is checked first: numpy takes anything that is neither .npy nor .npz for a
-    pickle, which would make every garbage file read "holds pickled data".
-    """
-    _check_signature(_peek(file), origin, kind)
-    try:
-        return np.load(file, allow_pickle=False)
-    except ValueError as exc:
-        raise InputError(f"{origin} cannot be read as {kind}: {_numpy_reason(exc)}") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{origin} is not a valid {kind} file ({exc}); is it truncated?") from exc
+def _np_open(file: Any) -> IO[bytes]:
+    return file if isinstance(file, io.BytesIO) else open(file, "rb")
 
 
 def _peek(file: Any) -> bytes:
@@ -212,6 +202,7 @@ def _peek(file: Any) -> bytes:
 
 
 def _check_signature(head: bytes, origin: str, kind: str) -> None:
+    """numpy takes anything that is neither .npy nor .npz for a pickle; say what it really is."""
     if head.startswith(_NPY_MAGIC if kind == ".npy" else _ZIP_MAGICS):
         return
     if not head:
@@ -220,43 +211,91 @@ def _check_signature(head: bytes, origin: str, kind: str) -> None:
         raise InputError(f"{origin} holds .npz data; name it .npz")
     if head.startswith(_NPY_MAGIC):
         raise InputError(f"{origin} holds a single .npy array; name it .npy")
-    if head.startswith(b"\x80"):
+    if head.startswith(b"\\x80"):
         raise InputError(
             f"{origin} is a Python pickle, which jac never loads; save the array with np.save instead"
         )
     raise InputError(f"{origin} is not a {kind} file (it lacks the {kind} signature); is it the right file?")
 
 
+def _read_array(fh: IO[bytes], size: int, origin: str) -> np.ndarray:
+    """One .npy stream of ``size`` bytes: the header is checked against the size and the memory
+    available before anything is allocated, so a header declaring an absurd shape costs nothing."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):  # 3.0 only allows UTF-8 field names: same layout
+            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise InputError(f"{origin} has a malformed .npy header ({exc}); is it the right file?") from exc
+    if dtype.hasobject:
+        raise InputError(
+            f"{origin} holds Python objects (dtype object), which jac never unpickles; save a numeric array"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > available_memory():
+        raise InputError(
+            f"{origin} declares shape {shape} ({human_size(declared)}), more than the "
+            f"{human_size(available_memory())} of memory available"
+        )
+    if size >= 0 and declared != size - fh.tell():
+        raise InputError(
+            f"{origin} declares shape {shape} ({declared:,} bytes of {dtype}) but holds "
+            f"{size - fh.tell():,}: it is truncated or corrupt"
+        )
+    try:
+        data = np.frombuffer(fh.read(declared), dtype=dtype, count=math.prod(shape))
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{origin} cannot be read ({exc}); is it truncated?") from exc
+    return data.reshape(shape, order="F" if fortran else "C")
+
+
 def _read_npy(file: Any, origin: str) -> list[Array]:
-    data = _np_load(file, origin, ".npy")
+    _check_signature(_peek(file), origin, ".npy")
+    fh = _np_open(file)
+    try:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
+        data = _read_array(fh, size, origin)
+    finally:
+        if fh is not file:
+            fh.close()
     return [Array(_check_numeric(data, origin), origin, dtype=_dtype_name(data.dtype))]
 
 
 def _read_npz(file: Any, origin: str) -> list[Array]:
-    archive = _np_load(file, origin, ".npz")
+    """Every member of an .npz, in stored order, each header checked before reading."""
+    _check_signature(_peek(file), origin, ".npz")
+    try:
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InputError(f"{origin} is not a valid .npz file ({exc}); is it truncated?") from exc
     arrays = []
     with archive:
-        if not archive.files:
+        members = archive.infolist()
+        if not members:
             raise InputError(f"{origin} holds no arrays")
-        for key in archive.files:
+        for info in members:
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             where = f"{origin} [{key}]"
-            try:
-                data = archive[key]
-            except ValueError as exc:
-                raise InputError(f"{where} cannot be read: {_numpy_reason(exc)}") from exc
-            except Exception as exc:  # zipfile.BadZipFile, zlib.error, EOFError from a cut file
-                raise InputError(f"{where} cannot be read ({exc}); is the file truncated?") from exc
-            if not isinstance(data, np.ndarray):  # numpy hands back raw bytes for non-.npy members
+            if not info.filename.endswith(".npy"):
                 raise InputError(f"{where} is not a .npy array; an .npz holds arrays saved by np.savez")
+            try:
+                with archive.open(info) as member:
+                    if member.read(6) != _NPY_MAGIC:
+                        raise InputError(
+                            f"{where} is not a .npy array; an .npz holds arrays saved by np.savez"
+                        )
+                    member.seek(0)
+                    data = _read_array(member, info.file_size, where)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError) as exc:
+                raise InputError(f"{where} cannot be read ({exc}); is the file truncated?") from exc
             arrays.append(Array(_check_numeric(data, where), where, key, _dtype_name(data.dtype)))
     return arrays
-
-
-def _numpy_reason(exc: ValueError) -> str:
-    text = str(exc)
-    if "pickle" in text.lower() or "object arrays" in text.lower():
-        return "it holds Python objects (dtype object), which jac never unpickles; save a numeric array"
-    return text
 
 
 def _check_numeric(data: np.ndarray, origin: str) -> np.ndarray:
@@ -275,11 +314,52 @@ def _dtype_name(dtype: np.dtype) -> str:
 # --- YAML, JSON and literals -------------------------------------------------------------
 
 
+MAX_TEXT_BYTES = 64 * 2**20  # YAML and JSON cost ~50x their size in Python objects: use .npy beyond
+
+
+def _check_text_size(text: str, origin: str) -> None:
+    if len(text) > MAX_TEXT_BYTES:
+        raise InputError(
+            f"{origin} is {human_size(len(text))} of text, more than jac parses as YAML or JSON "
+            f"({human_size(MAX_TEXT_BYTES)}); save large arrays as .npy or .npz"
+        )
+
+
+def _no_alias_loader():
+    """yaml.SafeLoader that refuses aliases (*name): a few lines of them can expand into
+    billions of elements ("billion laughs"), and array data never needs them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+            if self.check_event(yaml.events.AliasEvent):
+                event = self.peek_event()
+                mark = event.start_mark
+                raise _AliasRefused(
+                    f"an alias *{event.anchor} at line {mark.line + 1}, column {mark.column + 1}"
+                )
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+class _AliasRefused(Exception):
+    pass
+
+
 def _from_yaml_text(text: str, origin: str) -> list[Array]:
     import yaml
 
+    _check_text_size(text, origin)
     try:
-        obj = yaml.safe_load(text)
+        obj = yaml.load(text, Loader=_no_alias_loader())  # a SafeLoader: no tags run code
+    except _AliasRefused as exc:
+        raise InputError(
+            f"{origin}: YAML anchors and aliases are refused ({exc}): they can expand without "
+            "bound; write the values out, or save the array as .npy"
+        ) from None
+    except RecursionError:
+        raise InputError(f"{origin}: YAML nested too deeply to parse; is the file right?") from None
     except yaml.constructor.ConstructorError as exc:
         if "tag" not in str(exc.problem):
             raise InputError(f"{origin} is not valid YAML: {exc.problem}") from exc
@@ -295,8 +375,11 @@ def _from_yaml_text(text: str, origin: str) -> list[Array]:
 
 
 def _from_json_text(text: str, origin: str) -> list[Array]:
+    _check_text_size(text, origin)
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise InputError(f"{origin}: JSON nested too deeply to parse; is the file right?") from None
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{origin} is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"

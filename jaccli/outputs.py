@@ -45,8 +45,9 @@ def check_destination(path: str, option: str = "-o/--out") -> None:
         raise InputError(f"{option} {path}: folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{option} {path}: folder {folder} is not writable")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise InputError(f"{option} {path} exists and is read-only; choose another path")
+    if os.path.exists(path) and (not os.access(path, os.W_OK) or not os.stat(path).st_mode & 0o222):
+        # judged by the mode bits too: root may write anything, but a read-only file is a request
+        raise InputError(f"{option} {path} exists and is read-only; choose another path or make it writable")
 
 
 def check_count(fmt: str, keys: list[str], where: str) -> None:

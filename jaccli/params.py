@@ -71,6 +71,25 @@ class KwargType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class SizeType(click.ParamType):
+    """A memory size: 8G, 512MiB, 1.5GB, 1e9 (bytes); K, M, G, T are powers of 1024."""
+
+    name = "SIZE"
+    _units = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(value))
+        try:
+            number = float(match.group(1)) if match else -1.0
+        except ValueError:
+            number = -1.0
+        if number <= 0:
+            self.fail(f"{value!r} is not a size; write e.g. 8G, 512M or 1e9", param, ctx)
+        return int(number * self._units[match.group(2).lower()])
+
+
 class Flags:
     """Process-wide switches set while parsing (read by the error handler in cli.main)."""
 
@@ -147,6 +166,12 @@ inputs_and_device = _stack(
         help="cpu, cuda, cuda:N, or auto (CUDA when available).",
     ),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed for randn."),
+    click.option(
+        "--max-memory",
+        type=SizeType(),
+        metavar="SIZE",
+        help="Refuse results larger than SIZE (8G, 512M) before computing [default: 80% of free memory].",
+    ),
 )
 
 output_options = _stack(

@@ -16,6 +16,7 @@ first call of the transform, the steady-state runs, the function alone, and back
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,7 @@ class Request:
     batch_dim: int | None = None
     wrt: str = "inputs"  # inputs, params
     state: str | None = None  # parameters for an nn.Module FUNC: .pt (weights only) or .npz
+    max_memory: int | None = None  # bytes the results may take (None: 80% of what is free)
     timings_path: str | None = None
     full: bool = False  # check: the whole Jacobian by finite differences, column by column
     rtol: float | None = None  # check: tolerances (defaults: torch.autograd.gradcheck's)
@@ -214,6 +216,7 @@ def _run(request: Request) -> Outcome:
     if request.select is not None and request.select not in keys:
         raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(keys)}")
     chosen = [request.select] if request.select else keys
+    _check_memory(command, layout, sample_primals, argnums, primals, batch, request.max_memory)
     from jaccli.outputs import check_count
 
     check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
@@ -275,6 +278,37 @@ def _run(request: Request) -> Outcome:
         cost_ratio=timings.ratio("steady-state compute", "function alone"),
     )
     return Outcome(results, notes, dtypes, timings)
+
+
+def _check_memory(command, layout, sample_primals, argnums, primals, batch, limit) -> None:
+    """Refuse a Jacobian or Hessian larger than the memory allowed, before computing any of it."""
+    from jaccli.errors import human_size
+    from jaccli.inputs import available_memory
+
+    itemsize = primals[0].element_size()
+    samples = primals[0].shape[batch] if batch is not None else 1
+    blocks = []
+    for key, info in layout:
+        if info is not None:
+            blocks.append((key, (samples, *info.output_shape, *info.input_shape)))
+        elif key.startswith("hessian"):
+            args = _as_tuple(argnums)
+            i, j = (int(p) for p in key.split(".")[1:]) if "." in key else (0, 0)
+            shape = (samples, *sample_primals[args[i]].shape, *sample_primals[args[j]].shape)
+            blocks.append((key, shape))
+    total = sum(math.prod(shape) for _, shape in blocks) * itemsize
+    allowed = limit if limit is not None else int(0.8 * available_memory())
+    if total <= allowed:
+        return
+    key, shape = max(blocks, key=lambda b: math.prod(b[1]))
+    shown = shape if batch is not None else shape[1:]
+    where = "--max-memory" if limit is not None else "80% of the memory free now"
+    raise InputError(
+        f"the {command} results would take {human_size(total)} ({key} alone has shape {tuple(shown)}), "
+        f"more than {where} ({human_size(allowed)}): compute fewer blocks with --argnums or "
+        "--select, use --chunk-size to lower the peak if it only just fits, ask for J.v (jac jvp) or "
+        "u^T.J (jac vjp) instead, or raise --max-memory"
+    )
 
 
 def _check_options(request: Request, commands: tuple[str, ...], engines: tuple[str, ...]) -> None:
