@@ -372,6 +372,9 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     except JacError as exc:
         _fail(f"{prog_name}: error: {exc}")
         code = exc.exit_code
+    except BrokenPipeError:  # the reader of our output went away (| head): end quietly, as cat does
+        _quiet_stdout()
+        code = 141
     except (KeyboardInterrupt, click.Abort):
         _fail(f"{prog_name}: interrupted (SIGINT); nothing was written")
         code = 130
@@ -389,6 +392,16 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     finally:
         _restore_sigterm(previous)
     sys.exit(int(code))
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 class Terminated(BaseException):

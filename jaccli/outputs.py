@@ -62,7 +62,10 @@ def check_count(fmt: str, keys: list[str], where: str) -> None:
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Write through ``write(fileobj)`` into a temporary file, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -148,6 +151,11 @@ def write_stream(stream: IO[bytes], fmt: str, results: dict[str, Any]) -> None:
     """Write to standard output, all at once (a failure mid-way writes no partial document)."""
     check_stream(stream, fmt)
     buffer = io.BytesIO()
-    encode(buffer, fmt, results)
-    stream.write(buffer.getvalue())
-    stream.flush()
+    try:
+        encode(buffer, fmt, results)
+        stream.write(buffer.getvalue())
+        stream.flush()
+    except BrokenPipeError:
+        raise  # the reader left (| head): the CLI ends quietly
+    except OSError as exc:
+        raise InputError(f"cannot write to standard output: {exc.strerror or exc}") from exc
