@@ -92,7 +92,9 @@ class Stdin:
                 "'-' can stand for one option value only"
             )
         self._taken_by = origin
-        stream = self._stream if self._stream is not None else sys.stdin.buffer
+        stream = self._stream
+        if stream is None:
+            stream = getattr(sys.stdin, "buffer", None)  # sys.stdin is None when fd 0 is closed
         if stream is None or stream.closed:
             raise InputError(f"{origin}: standard input is closed; pipe .npy, .npz or YAML into jac")
         if hasattr(stream, "isatty") and stream.isatty():
@@ -108,7 +110,8 @@ class Stdin:
 
 def read_source(text: str, option: str, stdin: Stdin | None = None) -> Source:
     """Read one option value (``-p x.npy``, ``-t randn``, ``-p "[1, 2]"``, ``-u -``)."""
-    origin = f"{option} {text!r}"
+    shown = text if len(text) <= 60 else text[:40] + "..." + text[-10:]
+    origin = f"{option} {shown!r}"
     if text == "-":
         return _read_bytes((stdin or Stdin()).read(origin), f"{option} - (standard input)")
     if os.path.isfile(text) or (os.path.exists(text) and not os.path.isdir(text)):
@@ -211,7 +214,7 @@ def _check_signature(head: bytes, origin: str, kind: str) -> None:
         raise InputError(f"{origin} holds .npz data; name it .npz")
     if head.startswith(_NPY_MAGIC):
         raise InputError(f"{origin} holds a single .npy array; name it .npy")
-    if head.startswith(b"\\x80"):
+    if head.startswith(b"\x80"):  # the pickle protocol 2+ opcode PROTO
         raise InputError(
             f"{origin} is a Python pickle, which jac never loads; save the array with np.save instead"
         )
@@ -235,6 +238,10 @@ def _read_array(fh: IO[bytes], size: int, origin: str) -> np.ndarray:
     if dtype.hasobject:
         raise InputError(
             f"{origin} holds Python objects (dtype object), which jac never unpickles; save a numeric array"
+        )
+    if any(d < 0 for d in shape):
+        raise InputError(
+            f"{origin} has a malformed .npy header (negative shape {shape}); is it the right file?"
         )
     declared = math.prod(shape) * dtype.itemsize
     if declared > available_memory():
@@ -408,6 +415,11 @@ def _one_value(obj: Any, origin: str, name: str | None) -> Array:
             what = f"unknown key {unknown[0]!r}" if unknown else "no 'data' key"
             raise InputError(f"{origin}: {what}; an array is written {{data: ..., dtype: float64}}")
         dtype = obj.get("dtype")
+        if isinstance(dtype, str) and dtype.startswith("complex"):
+            raise InputError(
+                f"{origin}: dtype {dtype} is complex; jac differentiates real arrays only: use one of "
+                f"{', '.join(FLOAT_DTYPES)}"
+            )
         if dtype is not None and dtype not in FLOAT_DTYPES + _INT_DTYPES:
             raise InputError(f"{origin}: unknown dtype {dtype!r}; use one of {', '.join(FLOAT_DTYPES)}")
         data = _nested_to_array(obj["data"], origin)
