@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaccli import trees
-from jaccli.errors import InputError
+from jaccli.errors import InputError, key_mismatch
 from jaccli.inputs import Array, Generator, Source
 
 
@@ -192,15 +192,9 @@ def _by_name(sources: Sequence[Source], keys: list[str], like: dict, option: str
             )
         for array in source:
             named[array.name] = array
-    missing = [k for k in keys if k not in named]
-    extra = [k for k in named if k not in keys]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra)}")
-        raise InputError(f"{option} keys do not match ({', '.join(keys)}): {'; '.join(parts)}")
+    mismatch = key_mismatch(keys, list(named))
+    if mismatch:
+        raise InputError(f"{option} keys do not match ({', '.join(keys)}): {mismatch}")
     return [named[k] for k in keys]
 
 

@@ -62,3 +62,15 @@ def human_size(n_bytes: float) -> str:
             return f"{n_bytes:,.0f} bytes" if unit == "bytes" else f"{n_bytes:,.1f} {unit}"
         n_bytes /= 1024
     raise AssertionError("unreachable")
+
+
+def key_mismatch(expected: list[str], given: list[str], most: int = 5) -> str | None:
+    """``missing a, b; unexpected c`` when two sets of names differ, else None."""
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:most])}")
+    if extra:
+        parts.append(f"unexpected {', '.join(extra[:most])}")
+    return "; ".join(parts) or None

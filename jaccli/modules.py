@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
-from jaccli.errors import InputError
+from jaccli.errors import InputError, key_mismatch
 
 
 def as_module(func: Any, why: str) -> Any:
@@ -52,16 +52,10 @@ def load_state(module: Any, path: str) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{origin} is not a flat state_dict of tensors (name -> tensor)")
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:5])}")
+    mismatch = key_mismatch(list(expected), list(state))
+    if mismatch:
         raise InputError(
-            f"{origin} does not match the module's parameters: {'; '.join(parts)} "
+            f"{origin} does not match the module's parameters: {mismatch} "
             f"(the module has {', '.join(list(expected)[:8])})"
         )
     for name, value in state.items():

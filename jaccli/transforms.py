@@ -113,40 +113,13 @@ def normalize_argnums(argnums: int | Sequence[int], n_primals: int) -> int | tup
     return tuple(out) if many else out[0]
 
 
-def compute(
-    command: str,
-    func: Callable[..., Any],
-    primals: Sequence[Any],
-    *,
-    tangents: Sequence[Any] | None = None,
-    cotangents: Any = None,
-    argnums: int | tuple[int, ...] = 0,
-    has_aux: bool = False,
-    chunk_size: int | None = None,
-    randomness: str = "error",
-    engine: str = "func",
-) -> dict[str, Any]:
+def compute(command: str, func: Callable[..., Any], primals: Sequence[Any], **options: Any) -> dict[str, Any]:
     """Run one transform; returns ``{"output": ..., "jvp"|"vjp"|"jacobian"|...: ..., "aux": ...}``.
 
-    ``command`` is one of jvp, vjp, jacfwd, jacrev, hessian, hvp; ``engine`` is ``func``
-    (torch.func) or ``autograd`` (torch.autograd, see :mod:`jaccli.engines`). Exceptions
-    become FunctionError; :mod:`jaccli.routing` adds fallbacks on top.
+    Takes :func:`compute_raw`'s arguments; exceptions become FunctionError (exit 3), and
+    :mod:`jaccli.routing` adds fallbacks on top.
     """
-    return guarded(
-        lambda: compute_raw(
-            command,
-            func,
-            primals,
-            tangents=tangents,
-            cotangents=cotangents,
-            argnums=argnums,
-            has_aux=has_aux,
-            chunk_size=chunk_size,
-            randomness=randomness,
-            engine=engine,
-        ),
-        command,
-    )
+    return guarded(lambda: compute_raw(command, func, primals, **options), command)
 
 
 def compute_raw(
@@ -162,7 +135,11 @@ def compute_raw(
     randomness: str = "error",
     engine: str = "func",
 ) -> dict[str, Any]:
-    """:func:`compute` without turning exceptions into FunctionError (for fallbacks)."""
+    """One transform, exceptions left as torch raised them (so fallbacks can read them).
+
+    ``command`` is one of jvp, vjp, jacfwd, jacrev, hessian, hessian-rev, hvp; ``engine`` is
+    ``func`` (torch.func) or ``autograd`` (torch.autograd, see :mod:`jaccli.engines`).
+    """
     primals = tuple(primals)
     if tangents is None and command in ("jvp", "hvp"):
         tangents = tuple(_ones(p) for p in primals)
