@@ -426,6 +426,8 @@ def _one_value(obj: Any, origin: str, name: str | None) -> Array:
         shape = obj.get("shape")
         if shape is not None:
             want = tuple(shape) if isinstance(shape, list) else (shape,)
+            if data.size == 0 and math.prod(want) == 0 and all(isinstance(d, int) and d >= 0 for d in want):
+                data = data.reshape(want)  # nested lists cannot spell (0, 3): the shape says it
             if want != data.shape:
                 raise InputError(f"{origin}: data has shape {data.shape} but 'shape' says {want}")
     else:

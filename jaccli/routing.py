@@ -63,7 +63,17 @@ ROUTES: dict[str, list[Route]] = {
 }
 
 
+FORWARD_ROUTES = ("jvp", "jacfwd", "hessian", "hvp")
+
+
+def _forward_dtype_bug(route: Route, exc: BaseException) -> bool:
+    """A dtype mismatch in forward mode only: the function itself ran with these inputs, so this
+    is forward mode promoting a tangent (pytorch#90065), which reverse mode does not do."""
+    return route.engine == "func" and route.command in FORWARD_ROUTES and "dtype" in str(exc).lower()
+
+
 _WHY = {
+    "forward-dtype": "forward mode promoted a dtype (pytorch#90065)",
     "forward": "an operator has no forward-mode formula",
     "vmap": "vmap cannot batch the function",
     "functorch": "torch.func cannot transform the function",
@@ -112,6 +122,8 @@ class Router:
                 raise
             except (Exception, SystemExit) as exc:
                 why = failure_reason(exc) if not isinstance(exc, SystemExit) else None
+                if why is None and _forward_dtype_bug(route, exc):
+                    why = "forward-dtype"
                 if why is None or n == len(candidates) - 1:
                     if failures:
                         raise FunctionError(

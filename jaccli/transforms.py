@@ -153,18 +153,28 @@ def compute_raw(
 
     if command == "jvp":
         got = tf.jvp(func, primals, tuple(tangents), has_aux=has_aux)
-        tree = {"output": got[0], "jvp": got[1]}
+        tree = {"output": got[0], "jvp": settle_dtypes(got[1], got[0], primals)}
     elif command == "vjp":
         out = tf.vjp(func, *primals, has_aux=has_aux)
         got = (out[0], out[1](cotangents), *out[2:])
         tree = {"output": got[0], "vjp": tuple(got[1])}
     elif command in ("jacfwd", "jacrev"):
-        if command == "jacfwd":
-            transform = tf.jacfwd(func, argnums=argnums, has_aux=has_aux, randomness=randomness)
+        if command == "jacfwd" and all(p.numel() for p in primals):
+            # the output rides along as aux: its dtypes settle the result's (torch's jacfwd with
+            # aux fails on zero-size inputs, whose Jacobians have nothing to settle anyway)
+            transform = tf.jacfwd(
+                _with_value(func, has_aux), argnums=argnums, has_aux=True, randomness=randomness
+            )
+            jacobian, carried = transform(*primals)
+            output, aux = carried if has_aux else (carried, None)
+            got = (settle_dtypes(jacobian, output, primals), aux)
+        elif command == "jacfwd":
+            got = tf.jacfwd(func, argnums=argnums, has_aux=has_aux, randomness=randomness)(*primals)
+            got = got if has_aux else (got, None)
         else:
-            transform = tf.jacrev(func, argnums=argnums, has_aux=has_aux, chunk_size=chunk_size)
-        got = transform(*primals)
-        tree = {"jacobian": got[0] if has_aux else got}
+            got = tf.jacrev(func, argnums=argnums, has_aux=has_aux, chunk_size=chunk_size)(*primals)
+            got = got if has_aux else (got, None)
+        tree = {"jacobian": got[0]}
     elif command in ("hessian", "hessian-rev"):
         inner = tf.jacrev(func, argnums=argnums, has_aux=has_aux)
         if command == "hessian":  # forward over reverse, as torch.func.hessian
@@ -172,19 +182,69 @@ def compute_raw(
         else:  # reverse over reverse: for operators without forward-mode formulas
             outer = tf.jacrev(inner, argnums=argnums, has_aux=has_aux, chunk_size=chunk_size)
         got = outer(*primals)
-        tree = {"hessian": got[0] if has_aux else got}
+        hessian = got[0] if has_aux else got
+        if command == "hessian":  # forward over reverse may promote: settle on the output's dtype
+            value = func(*primals)
+            hessian = settle_dtypes(hessian, value[0] if has_aux else value, primals)
+        tree = {"hessian": hessian}
     elif command == "hvp":  # forward over reverse: jvp of the gradient
         every = 0 if len(primals) == 1 else tuple(range(len(primals)))
         gradient = tf.grad_and_value(func, argnums=every, has_aux=has_aux)
         grads, products, carried = tf.jvp(gradient, primals, tuple(tangents), has_aux=True)
         value, aux = carried if has_aux else (carried, None)
         got = (value, grads, products, aux)
-        tree = {"output": value, "grad": grads, "hvp": products}
+        tree = {"output": value, "grad": grads, "hvp": settle_dtypes(products, value, primals)}
     else:
         raise ValueError(f"unknown command {command!r}")
     if has_aux:
         tree["aux"] = got[-1]
     return tree
+
+
+def _with_value(func: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
+    """``func`` returning ``(output, (output, aux))`` (or ``(output, output)`` without aux):
+    jacfwd's aux channel, which takes tensors only, carries the value."""
+
+    def wrapped(*args: Any) -> Any:
+        result = func(*args)
+        return (result[0], result) if has_aux else (result, result)
+
+    return wrapped
+
+
+def settle_dtypes(derivative: Any, output: Any, primals: Sequence[Any]) -> Any:
+    """Narrow forward-mode results wider than the promotion of their output's and primals' dtypes.
+
+    Forward mode gives float64 where float32 is due when a 0-d tensor meets a Python number
+    (pytorch#90065); reverse mode does not, and the two must agree. ``derivative`` follows
+    ``output``'s structure; below each output leaf it may hold one block per argnum.
+    """
+    import torch
+
+    floating = [p.dtype for p in primals if p.is_floating_point()]
+    if not floating:
+        return derivative
+    base = floating[0]
+    for dtype in floating[1:]:
+        base = torch.promote_types(base, dtype)
+
+    def walk(part: Any, out: Any) -> Any:
+        if isinstance(out, dict):
+            return {k: walk(part[k], v) for k, v in out.items()}
+        if isinstance(out, (tuple, list)):
+            mapped = [walk(d, o) for d, o in zip(part, out)]
+            return type(part)(*mapped) if hasattr(part, "_fields") else type(part)(mapped)
+        want = torch.promote_types(out.dtype, base) if out.is_floating_point() else base
+
+        def cast(leaf: Any) -> Any:  # narrow only what forward mode widened; keep the rest as is
+            if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.dtype != want:
+                if torch.promote_types(leaf.dtype, want) == leaf.dtype:
+                    return leaf.to(want)
+            return leaf
+
+        return trees.map_leaves(cast, part)
+
+    return walk(derivative, output)
 
 
 def _autograd(command, func, primals, tangents, cotangents, argnums, has_aux) -> dict[str, Any]:
