@@ -15,7 +15,7 @@ defaults are torch.autograd.gradcheck's (eps 1e-6, atol 1e-5, rtol 1e-3) for flo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from jaccli import trees
 from jaccli.transforms import failure_reason
@@ -256,22 +256,23 @@ def _looped(mode: str, f: Callable[..., Any], primals: Sequence[Any], flat_out) 
     import torch
 
     if mode == "fwd":
-        columns = []
-        for i, p in enumerate(primals):
-            for k in range(p.numel()):
-                direction = [torch.zeros_like(q) for q in primals]
-                direction[i].view(-1)[k] = 1
-                columns.append(flat_out(torch.func.jvp(f, tuple(primals), tuple(direction))[1]))
+        columns = [flat_out(torch.func.jvp(f, tuple(primals), tuple(d))[1]) for d in _basis(primals)]
         return torch.stack(columns, dim=1)
     output, pullback = torch.func.vjp(f, *primals)
     leaves = [t for _, t in trees.leaves(output)]
-    rows = []
-    for j, leaf in enumerate(leaves):
-        for k in range(leaf.numel()):
-            cotangent = [torch.zeros_like(t) for t in leaves]
-            cotangent[j].view(-1)[k] = 1
-            rows.append(torch.cat([g.reshape(-1) for g in pullback(trees.unflatten(output, cotangent))]))
+    rows = [_flat(pullback(trees.unflatten(output, u))) for u in _basis(leaves)]
     return torch.stack(rows, dim=0)
+
+
+def _basis(tensors: Sequence[Any]) -> Iterator[list]:
+    """Every one-hot direction over ``tensors`` together: zeros but a single 1, in flat order."""
+    import torch
+
+    for i, t in enumerate(tensors):
+        for k in range(t.numel()):
+            direction = [torch.zeros_like(q) for q in tensors]
+            direction[i].view(-1)[k] = 1
+            yield direction
 
 
 def _central(f: Callable[..., Any], primals: Sequence[Any], v: Sequence[Any], eps: float, flat_out) -> Any:
@@ -287,13 +288,7 @@ def _fd_jacobian(f: Callable[..., Any], primals: Sequence[Any], eps: float, flat
     """The whole Jacobian by central differences, one input element (column) at a time."""
     import torch
 
-    columns = []
-    for i, p in enumerate(primals):
-        for k in range(p.numel()):
-            direction = [torch.zeros_like(q) for q in primals]
-            direction[i].view(-1)[k] = 1
-            columns.append(_central(f, primals, direction, eps, flat_out))
-    return torch.stack(columns, dim=1)
+    return torch.stack([_central(f, primals, d, eps, flat_out) for d in _basis(primals)], dim=1)
 
 
 def _compare(

@@ -184,16 +184,13 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
 
 
 def _run(request: Request) -> Outcome:
-    from jaccli import arguments, transforms
+    from jaccli import arguments, modules, transforms
     from jaccli.routing import Router, evaluate
 
     command = request.command
     setup = _setup(request, transforms.COMMANDS)
     fn, primals, names, argnums = setup.fn, setup.primals, setup.names, setup.argnums
     tangents, timings, rng, device = setup.tangents, setup.timings, setup.rng, setup.device
-    if names is not None:
-        from jaccli import modules
-
     batch = request.batch_dim
     with timings.phase("function, first call"):
         output, aux = transforms.call_function(
