@@ -84,7 +84,8 @@ def footer_line(timings: Timings) -> str:
     parts = [
         f"derivative/function {ratio:.2f}x (median)" if ratio else "derivative/function n/a",
         f"{f.get('command', '')} via {f.get('engine', 'torch.func')}"
-        + (" (fallback)" if timings.notes else ""),
+        + (" (fallback)" if timings.notes else "")
+        + (f" ({f['choice']})" if f.get("choice") else ""),
         f"device {f.get('device', '?')}",
         f"dtype {f.get('dtype', '?')}",
         f"torch {f.get('torch', '?')}",

@@ -30,46 +30,57 @@ ENGINES = ("auto", "func", "autograd")
 
 @dataclass(frozen=True)
 class Route:
-    command: str  # what compute_raw runs: jvp, vjp, jacfwd, jacrev, hessian, hessian-rev, hvp, jvp-rev
+    command: str  # what runs: jvp, vjp, jacfwd, jacrev, hessian, hessian-rev, hvp, jvp-rev, jvp-fwd
     engine: str  # func or autograd
     label: str  # for the timing table: what ran
+    # Its first use in a process imports about a second of torch's modules: torch.func imports
+    # torch._dynamo, forward-mode AD scripts its decompositions. Plain reverse mode imports nothing.
+    taxed: bool = False
+    loop: bool = False  # one pass per output (or input) element: its cost grows with the size
 
 
 ROUTES: dict[str, list[Route]] = {
     "jvp": [
-        Route("jvp", "func", "torch.func.jvp"),
+        Route("jvp", "func", "torch.func.jvp", taxed=True),
         Route("jvp", "autograd", "double-backward trick (torch.autograd)"),
-        Route("jvp-rev", "autograd", "reverse-mode Jacobian times v (torch.autograd)"),
+        Route("jvp-fwd", "autograd", "forward-mode AD (torch.autograd.forward_ad)", taxed=True),
+        Route("jvp-rev", "autograd", "reverse-mode Jacobian times v (torch.autograd)", loop=True),
     ],
-    "vjp": [Route("vjp", "func", "torch.func.vjp"), Route("vjp", "autograd", "torch.autograd.grad")],
+    "vjp": [
+        Route("vjp", "func", "torch.func.vjp", taxed=True),
+        Route("vjp", "autograd", "torch.autograd.grad"),
+    ],
     "jacfwd": [
-        Route("jacfwd", "func", "torch.func.jacfwd"),
-        Route("jacrev", "func", "torch.func.jacrev (reverse mode)"),
-        Route("jacrev", "autograd", "a loop of reverse passes (torch.autograd)"),
+        Route("jacfwd", "func", "torch.func.jacfwd", taxed=True),
+        Route("jacrev", "func", "torch.func.jacrev (reverse mode)", taxed=True),
+        Route("jacrev", "autograd", "a loop of reverse passes (torch.autograd)", loop=True),
     ],
     "jacrev": [
-        Route("jacrev", "func", "torch.func.jacrev"),
-        Route("jacrev", "autograd", "a loop of reverse passes (torch.autograd)"),
+        Route("jacrev", "func", "torch.func.jacrev", taxed=True),
+        Route("jacrev", "autograd", "a loop of reverse passes (torch.autograd)", loop=True),
     ],
     "hessian": [
-        Route("hessian", "func", "torch.func jacfwd(jacrev) (forward over reverse)"),
-        Route("hessian-rev", "func", "torch.func jacrev(jacrev) (reverse over reverse)"),
-        Route("hessian", "autograd", "a loop of double-backward passes (torch.autograd)"),
+        Route("hessian", "func", "torch.func jacfwd(jacrev) (forward over reverse)", taxed=True),
+        Route("hessian-rev", "func", "torch.func jacrev(jacrev) (reverse over reverse)", taxed=True),
+        Route("hessian", "autograd", "a loop of double-backward passes (torch.autograd)", loop=True),
     ],
     "hvp": [
-        Route("hvp", "func", "torch.func jvp of grad (forward over reverse)"),
+        Route("hvp", "func", "torch.func jvp of grad (forward over reverse)", taxed=True),
         Route("hvp", "autograd", "reverse over reverse (torch.autograd)"),
     ],
 }
 
-
-FORWARD_ROUTES = ("jvp", "jacfwd", "hessian", "hvp")
+FORWARD_ROUTES = ("jvp", "jvp-fwd", "jacfwd", "hessian", "hvp")
 
 
 def _forward_dtype_bug(route: Route, exc: BaseException) -> bool:
     """A dtype mismatch in forward mode only: the function itself ran with these inputs, so this
     is forward mode promoting a tangent (pytorch#90065), which reverse mode does not do."""
-    return route.engine == "func" and route.command in FORWARD_ROUTES and "dtype" in str(exc).lower()
+    return (
+        (route.engine == "func" or route.command == "jvp-fwd")
+        and route.command in FORWARD_ROUTES
+        and ("dtype" in str(exc).lower())
+    )
 
 
 _WHY = {
@@ -83,7 +94,13 @@ _WHY = {
 
 @dataclass
 class Router:
-    """Runs one command by the first route that works, then keeps to it."""
+    """Runs one command by the first route that works, or the fastest (``trial``), then keeps to it.
+
+    ``commands`` lists what may answer: the command itself, or both jacrev and jacfwd for
+    ``jac jacobian --mode auto``. With ``untaxed_first`` (one-shot runs of ``--engine auto``)
+    routes that import nothing heavy go first, loops only when ``loop_ok`` says they are cheap.
+    With ``trial`` every route that works is run and timed, and the fastest kept.
+    """
 
     command: str
     engine: str
@@ -91,13 +108,26 @@ class Router:
     primals: Sequence[Any]
     options: dict[str, Any]  # tangents, cotangents, argnums, has_aux, chunk_size, randomness
     batch_dim: int | None = None
+    commands: tuple[str, ...] = ()  # default: (command,)
+    untaxed_first: bool = False
+    loop_ok: bool = True
+    trial: bool = False
+    sync: Callable[[], None] = lambda: None
     chosen: tuple[Route, bool] | None = None  # the route, and whether samples are looped
     fallbacks: list[str] = field(default_factory=list)
+    timed: dict[str, float] = field(default_factory=dict)  # trial: route label -> best seconds
 
     def candidates(self) -> list[tuple[Route, bool]]:
-        routes = ROUTES[self.command]
-        if self.engine != "auto":
-            routes = [r for r in routes if r.engine == self.engine][:1]
+        routes: list[Route] = []
+        for command in self.commands or (self.command,):
+            mine = ROUTES[command]
+            if self.engine != "auto":
+                mine = [r for r in mine if r.engine == self.engine][:1]
+            routes += [
+                r for r in mine if (r.command, r.engine) not in {(o.command, o.engine) for o in routes}
+            ]
+        if self.untaxed_first:
+            routes.sort(key=lambda r: 1 if r.taxed or (r.loop and not self.loop_ok) else 0)
         if self.batch_dim is None:
             return [(route, False) for route in routes]
         candidates = []
@@ -113,38 +143,87 @@ class Router:
     def __call__(self) -> dict[str, Any]:
         if self.chosen is not None:
             return guarded(lambda: self._run(*self.chosen), self.command)
+        if self.trial:
+            return self._trial()
         failures: list[str] = []
         candidates = self.candidates()
-        for n, (route, loop) in enumerate(candidates):
-            try:
-                result = self._run(route, loop)
-            except FunctionError:
-                raise
-            except (Exception, SystemExit) as exc:
-                why = failure_reason(exc) if not isinstance(exc, SystemExit) else None
-                if why is None and _forward_dtype_bug(route, exc):
-                    why = "forward-dtype"
-                if why is None or n == len(candidates) - 1:
-                    if failures:
-                        raise FunctionError(
-                            f"{self.command} failed by every route ({'; '.join(failures)}); last, "
-                            f"{route.label} raised {describe(exc)}"
-                        ) from exc
-                    guarded(lambda exc=exc: _reraise(exc), self.command)
-                failures.append(f"{route.label}: {_WHY[why]}")
+        for n, candidate in enumerate(candidates):
+            result = self._attempt(candidate, failures, last=n == len(candidates) - 1)
+            if result is None:
                 continue
-            self.chosen = (route, loop)
-            if failures:
-                how = route.label + (", looping over samples" if loop else "")
-                self.fallbacks.append(f"fell back to {how} ({'; '.join(failures)})")
+            self.chosen = candidate
+            self._note_fallback(failures)
             return result
         raise AssertionError("no candidate routes")  # ROUTES always has one
 
+    def _attempt(self, candidate: tuple[Route, bool], failures: list[str], last: bool) -> dict | None:
+        """The candidate's result, or None (and a line in ``failures``) when another route may
+        avoid its failure; the function's own errors propagate."""
+        route, loop = candidate
+        try:
+            return self._run(route, loop)
+        except FunctionError:
+            raise
+        except (Exception, SystemExit) as exc:
+            why = failure_reason(exc) if not isinstance(exc, SystemExit) else None
+            if why is None and _forward_dtype_bug(route, exc):
+                why = "forward-dtype"
+            if why is None or last:
+                if failures:
+                    raise FunctionError(
+                        f"{self.command} failed by every route ({'; '.join(failures)}); last, "
+                        f"{route.label} raised {describe(exc)}"
+                    ) from exc
+                guarded(lambda exc=exc: _reraise(exc), self.command)
+            failures.append(f"{route.label}: {_WHY[why]}")
+            return None
+
+    def _trial(self) -> dict[str, Any]:
+        """Run every route that works once (the warm-up: lazy imports, caches), time each a few
+        times, alternating so that load hits them all, and keep the fastest. Loops run only when
+        ``loop_ok``, or when nothing else works."""
+        import time
+
+        candidates = self.candidates()
+        ordered = [c for c in candidates if not c[0].loop or self.loop_ok]
+        ordered += [c for c in candidates if c not in ordered]
+        failures: list[str] = []
+        working: list[tuple[tuple[Route, bool], dict[str, Any]]] = []
+        for n, candidate in enumerate(ordered):
+            if working and candidate[0].loop and not self.loop_ok:
+                break
+            result = self._attempt(candidate, failures, last=n == len(ordered) - 1 and not working)
+            if result is not None:
+                working.append((candidate, result))
+        best = [float("inf")] * len(working)
+        if len(working) > 1:
+            for round_ in range(TRIAL_ROUNDS):
+                order = range(len(working)) if round_ % 2 == 0 else reversed(range(len(working)))
+                for i in order:
+                    self.sync()
+                    start = time.perf_counter()
+                    self._run(*working[i][0])
+                    self.sync()
+                    best[i] = min(best[i], time.perf_counter() - start)
+                if round_ == 0 and sum(best) > TRIAL_BUDGET_S:
+                    break
+            self.timed = {self._label(*c): t for (c, _), t in zip(working, best)}
+        pick = min(range(len(working)), key=best.__getitem__)
+        self.chosen = working[pick][0]
+        self._note_fallback(failures)
+        return working[pick][1]
+
+    def _note_fallback(self, failures: list[str]) -> None:
+        if failures:
+            route, loop = self.chosen
+            how = route.label + (", looping over samples" if loop else "")
+            self.fallbacks.append(f"fell back to {how} ({'; '.join(failures)})")
+
     @property
     def label(self) -> str:
-        if self.chosen is None:
-            return "?"
-        route, loop = self.chosen
+        return "?" if self.chosen is None else self._label(*self.chosen)
+
+    def _label(self, route: Route, loop: bool) -> str:
         if self.batch_dim is None:
             return route.label
         return route.label + (" per sample (loop)" if loop else " per sample (vmap)")
@@ -159,6 +238,12 @@ class Router:
         if self.batch_dim is None:
             return one(*self.primals)
         return per_sample(one, self.primals, self.options, self.batch_dim, loop)
+
+
+# A trial times each working route this many times (alternating), or once when one round of
+# them all already took longer than the budget.
+TRIAL_ROUNDS = 3
+TRIAL_BUDGET_S = 0.5
 
 
 def _reraise(exc: BaseException) -> None:

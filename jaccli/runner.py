@@ -199,14 +199,8 @@ def _run(request: Request) -> Outcome:
     sample_output, sample_primals = _per_sample_shapes(output, primals, batch)
     if command in ("hessian", "hvp"):
         _check_scalar(command, sample_output)
-    mode_note = None
-    routed, trial = command, False
-    if command == "jacobian":
-        call_time = timings.get("function, first call").times[0]
-        routed, why, trial = _choose_mode(
-            request.mode, sample_output, sample_primals, argnums, call_time, batch
-        )
-        mode_note = f"mode: {_MODE_NAMES[routed]} ({why})"
+    plan = _plan(request, fn, primals, sample_output, sample_primals, argnums, timings)
+    routed, mode_note = plan.commands[0], plan.mode_note
     layout = transforms.layout(routed, sample_output, sample_primals, argnums, aux, request.has_aux)
     rename = (lambda k: modules.rename_key(k, command, names, argnums)) if names else (lambda k: k)
     keys = [rename(k) for k, _ in layout]
@@ -225,23 +219,36 @@ def _run(request: Request) -> Outcome:
         first = [p.select(batch, 0) for p in primals] if batch is not None else primals
         transforms.strict_check(fn, first, wrt, request.has_aux)
 
-    def router_for(routed_command: str) -> Router:
-        options = {
-            "tangents": tangents,
-            "cotangents": cotangents,
-            "argnums": argnums,
-            "has_aux": request.has_aux,
-            "chunk_size": request.chunk_size,
-            "randomness": request.randomness,
-        }
-        return Router(routed_command, request.engine, fn, primals, options, batch_dim=batch)
-
+    options = {
+        "tangents": tangents,
+        "cotangents": cotangents,
+        "argnums": argnums,
+        "has_aux": request.has_aux,
+        "chunk_size": request.chunk_size,
+        "randomness": request.randomness,
+    }
+    router = Router(
+        command,
+        request.engine,
+        fn,
+        primals,
+        options,
+        batch_dim=batch,
+        commands=plan.commands,
+        untaxed_first=plan.untaxed_first,
+        loop_ok=plan.loop_ok,
+        trial=plan.trial,
+        sync=timings.sync,
+    )
     with timings.phase("first call"):
-        if trial:
-            router, tree, mode_note = _trial(router_for, timings.sync)
-        else:
-            router = router_for(routed)
-            tree = router()
+        tree = router()
+    choice = _choice(router)
+    if choice:
+        timings.footer["choice"] = choice
+    if mode_note is None and command == "jacobian":  # --mode auto, decided by the trial
+        name = _MODE_NAMES[router.chosen[0].command]
+        why = "the faster route timed on the first call" if choice else "the only mode that works here"
+        mode_note = f"mode: {name} (--mode auto, {why})"
     timings.notes.extend(router.fallbacks)
     timings.series("steady-state compute", router, request.repeat, request.warmup)
     timings.series(
@@ -365,51 +372,83 @@ def _check_scalar(command: str, output: Any) -> None:
 
 _MODE_NAMES = {"jacfwd": "forward", "jacrev": "reverse"}
 
+# The first use of torch.func in a process costs about this much: it imports torch._dynamo (and
+# forward-mode AD scripts its decompositions). Measured at 1.1-1.6 s on a 2-core CPU, next to
+# ~1.4 s for `import torch` itself. One-shot runs avoid it when plain reverse mode is cheaper.
+IMPORT_TAX_S = 1.0
+PASS_COST = 2.0  # one reverse pass of a loop costs about this many calls of the function
+FREE_ROUTES = ("jvp", "vjp", "jacrev", "jacobian", "hvp")  # commands whose route jac may choose
 
-def _choose_mode(
-    mode: str, output: Any, primals: Sequence[Any], argnums: Any, call_time: float, batch: int | None
-) -> tuple[str, str, bool]:
-    """(jacfwd or jacrev, why, whether to time both on the first call instead)."""
+
+@dataclass
+class Plan:
+    """How ``--engine`` and ``--mode`` become routes: see :class:`jaccli.routing.Router`."""
+
+    commands: tuple[str, ...]  # what may answer: the command, or jacrev and jacfwd for --mode auto
+    mode_note: str | None
+    untaxed_first: bool  # a one-shot run of --engine auto: avoid routes that import heavily
+    loop_ok: bool  # a loop of passes (one per output element) costs less than that import
+    trial: bool  # time every route that works and keep the fastest
+
+
+def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums, timings) -> Plan:
+    """One-shot runs (no --repeat) take the route that is fastest end to end, which for small
+    problems means not loading torch.func; runs with --repeat time the routes and keep the
+    fastest per call (see README, "Which engine runs")."""
+    from jaccli.routing import TRIAL_BUDGET_S
     from jaccli.transforms import choose_mode, worth_a_trial
 
-    if mode != "auto":
-        return ("jacfwd" if mode == "fwd" else "jacrev"), f"--mode {mode}", False
-    n_in = sum(primals[a].numel() for a in _as_tuple(argnums))
-    n_out = sum(t.numel() for _, t in trees.leaves(output))
+    command, batch = request.command, request.batch_dim
+    n_in = sum(sample_primals[a].numel() for a in _as_tuple(argnums))
+    n_out = sum(t.numel() for _, t in trees.leaves(sample_output))
+    call_time = timings.get("function, first call").times[0]
+    passes = n_out if command in ("jacrev", "jacobian") else 1
+    loop_ok = _loop_ok(n_in if command == "hessian" else n_out, call_time, fn, primals, batch)
+    # Only where every route computes what the command names: jacfwd, hessian and --mode fwd
+    # keep forward mode (and its result dtypes), --randomness (vmap's setting) keeps torch.func.
+    free = command in FREE_ROUTES and request.mode != "fwd" and request.randomness == "error"
+    auto = request.engine == "auto" and batch is None and free
+    untaxed_first = auto and request.repeat is None
+    trial = auto and bool(request.repeat) and passes * PASS_COST * call_time <= TRIAL_BUDGET_S
+    if command != "jacobian":
+        return Plan((command,), None, untaxed_first, loop_ok, trial)
+    if request.mode != "auto":
+        routed = "jacfwd" if request.mode == "fwd" else "jacrev"
+        note = f"mode: {_MODE_NAMES[routed]} (--mode {request.mode})"
+        return Plan((routed,), note, untaxed_first, loop_ok, trial)
+    if untaxed_first and loop_ok:
+        why = f"--mode auto, one-shot: {n_out} reverse passes cost less than loading torch.func"
+        return Plan(("jacrev",), f"mode: reverse ({why})", True, True, False)
+    if worth_a_trial(n_in, n_out, call_time):
+        return Plan(("jacrev", "jacfwd"), None, untaxed_first, loop_ok, True)
     picked, why = choose_mode(n_in, n_out)
-    trial = worth_a_trial(n_in, n_out, call_time)
-    return ("jacfwd" if picked == "fwd" else "jacrev"), f"--mode auto: {why}", trial
+    routed = "jacfwd" if picked == "fwd" else "jacrev"
+    reverse = routed == "jacrev"  # forward mode has one route of its own: nothing to choose
+    note = f"mode: {_MODE_NAMES[routed]} (--mode auto: {why})"
+    return Plan((routed,), note, untaxed_first and reverse, loop_ok, trial and reverse)
 
 
-def _trial(router_for: Callable[[str], Any], sync: Callable[[], None]) -> tuple[Any, Any, str]:
-    """Time forward and reverse mode once each (after a warm-up run) and keep the faster."""
+def _loop_ok(passes: int, call_time: float, fn, primals, batch: int | None) -> bool:
+    """Whether a loop of ``passes`` reverse passes costs less than torch.func's first use. A
+    first call carries one-off costs, so a borderline case times a second call."""
+    if passes * PASS_COST * call_time < IMPORT_TAX_S:
+        return True
+    if batch is not None or passes * PASS_COST * 1e-5 >= IMPORT_TAX_S:
+        return False  # too many passes even at 10 us a call
     import time
 
-    routers = {name: router_for(name) for name in ("jacrev", "jacfwd")}
-    trees_: dict[str, Any] = {}
-    times: dict[str, float] = {name: float("inf") for name in routers}
-    for router in routers.values():
-        router()  # the warm-up: lazy imports, the route through any fallbacks
-    ran_other = [name for name, router in routers.items() if router.chosen[0].command != name]
-    if ran_other:  # jacfwd fell back to reverse mode (no forward-mode formula): nothing to compare
-        router = routers["jacrev"]
-        why = f"--mode auto: forward mode is not available here ({'; '.join(routers['jacfwd'].fallbacks)})"
-        return router, router(), f"mode: reverse ({why})"
-    for order in (("jacrev", "jacfwd"), ("jacfwd", "jacrev")):  # alternate: load hits both
-        for name in order:
-            sync()
-            start = time.perf_counter()
-            trees_[name] = routers[name]()
-            sync()
-            times[name] = min(times[name], time.perf_counter() - start)
-    best = min(times, key=times.get)
+    start = time.perf_counter()
+    fn(*primals)
+    return passes * PASS_COST * (time.perf_counter() - start) < IMPORT_TAX_S
+
+
+def _choice(router) -> str | None:
+    """What a trial measured, for the timing table's footer."""
     from jaccli.render import duration
 
-    why = (
-        f"--mode auto, small enough to measure: forward {duration(times['jacfwd'])}, "
-        f"reverse {duration(times['jacrev'])} on the first call"
-    )
-    return routers[best], trees_[best], f"mode: {_MODE_NAMES[best]} ({why})"
+    if not router.timed:
+        return None
+    return "fastest on the first call of " + ", ".join(f"{k} {duration(t)}" for k, t in router.timed.items())
 
 
 def _as_tuple(argnums: Any) -> tuple[int, ...]:

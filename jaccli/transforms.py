@@ -141,7 +141,7 @@ def compute_raw(
     ``func`` (torch.func) or ``autograd`` (torch.autograd, see :mod:`jaccli.engines`).
     """
     primals = tuple(primals)
-    if tangents is None and command in ("jvp", "hvp"):
+    if tangents is None and command in ("jvp", "jvp-fwd", "hvp"):
         tangents = tuple(_ones(p) for p in primals)
     if cotangents is None and command == "vjp":
         cotangents = _ones(func(*primals)[0] if has_aux else func(*primals))
@@ -256,6 +256,10 @@ def _autograd(command, func, primals, tangents, cotangents, argnums, has_aux) ->
 
     if command == "jvp":
         return engines.jvp(split, primals, tangents, has_aux)
+    if command == "jvp-fwd":
+        tree = engines.jvp_forward(split, primals, tangents, has_aux)
+        tree["jvp"] = settle_dtypes(tree["jvp"], tree["output"], primals)
+        return tree
     if command == "vjp":
         return engines.vjp(split, primals, cotangents, has_aux)
     if command in ("jacfwd", "jacrev"):

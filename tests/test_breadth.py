@@ -259,6 +259,13 @@ def run_ok(*args: str):
     return run.npz(), run
 
 
+def run_once(*args: str):
+    """``jac ARGS --format npz`` as a one-shot run (no --repeat): the results and the run."""
+    run = jac(*args, "--format", "npz")
+    assert run.code == 0, run
+    return run.npz(), run
+
+
 def notes(run) -> list[str]:
     return [line for line in run.stderr.splitlines() if line.startswith("jac: note:")]
 
@@ -315,7 +322,14 @@ COUNTED_CASES = [  # too big or too slow to measure: the pass counts decide
     pytest.param("slow_square", (4,), 4, 4, "reverse", id="slow-tie-reverse"),
     pytest.param("slow_grid", (2, 3), 6, 3, "reverse", id="slow-2d-6-to-3-reverse"),
 ]
-_ROUTE = {"forward": "jacobian via torch.func.jacfwd", "reverse": "jacobian via torch.func.jacrev"}
+_ROUTE = {  # what may run for each mode
+    "forward": ("jacobian via torch.func.jacfwd",),
+    "reverse": ("jacobian via torch.func.jacrev", "jacobian via a loop of reverse passes"),
+}
+
+
+def assert_route(line: str, mode: str) -> None:
+    assert any(route in line for route in _ROUTE[mode]), (mode, line)
 
 
 def _mode_lines(run) -> list[str]:
@@ -345,26 +359,37 @@ def test_jacobian_modes_equal_torch(mod, workdir, name, shape, mode):
     stated = _stated_mode(line)
     if mode != "auto":
         assert stated == {"fwd": "forward", "rev": "reverse"}[mode], run
-    assert _ROUTE[stated] in line, run  # the route that ran is the mode it states
+    assert_route(line, stated)  # the route that ran is the mode it states
     assert_no_fallback(run)
+
+
+def timed_routes(line: str) -> dict[str, float]:
+    """The routes a trial timed, from the footer: {label: seconds}."""
+    found = re.search(r"\(fastest on the first call of (.*)\)", line)
+    assert found, line
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+    return {
+        m.group(1): float(m.group(2)) * unit[m.group(3)]
+        for m in re.finditer(r"([^,]+?) ([0-9.]+) (us|ms|s)(?:, |$)", found.group(1))
+    }
 
 
 @pytest.mark.parametrize("name,shape", SMALL_CASES)
 def test_jacobian_auto_small_problem_measures_both_modes(mod, workdir, name, shape):
+    """With --repeat, auto times every route of both modes on the first call, keeps the fastest
+    and states the mode of the route it kept."""
     px = save(workdir / "x.npy", rng(2).standard_normal(shape))
     run = jac("jacobian", f"bmod:{name}", "-p", px, *FAST)
     assert run.code == 0, run
-    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-    for line in _mode_lines(run):
-        stated = _stated_mode(line)
-        assert "measure" in line, run
-        times = {}
-        for m in ("forward", "reverse"):
-            found = re.search(rf"{m} ([0-9.]+) (us|ms|s)\b", line)
-            assert found, (m, line)
-            times[m] = float(found.group(1)) * unit[found.group(2)]
-        assert stated == min(times, key=times.get), line  # it kept the faster
-    assert _ROUTE[_stated_mode(footer(run))] in footer(run), run
+    under, line = _mode_lines(run)
+    assert "timed on the first call" in under, run
+    times = timed_routes(line)
+    assert "torch.func.jacfwd" in times and "torch.func.jacrev" in times, line
+    kept = min(times, key=times.get)
+    assert f"jacobian via {kept} (" in line, line
+    stated = _stated_mode(line)
+    assert stated == ("forward" if kept == "torch.func.jacfwd" else "reverse"), line
+    assert _stated_mode(under) == stated, run
 
 
 @pytest.mark.parametrize(("name", "shape", "n_in", "n_out", "picked"), COUNTED_CASES)
@@ -376,7 +401,7 @@ def test_jacobian_auto_by_pass_counts(mod, workdir, name, shape, n_in, n_out, pi
         assert _stated_mode(line) == picked, run
         # why: the two sizes that decided it
         assert f"{n_in} input elements" in line and f"{n_out} output elements" in line, run
-    assert _ROUTE[picked] in footer(run), run
+    assert_route(footer(run), picked)
     res, _ = run_ok("jacobian", f"bmod:{name}", "-p", save(workdir / "x.npy", x))
     f = getattr(mod, name)
     reference = tf.jacfwd(f) if picked == "forward" else tf.jacrev(f)  # the cheap one for these sizes
@@ -576,7 +601,7 @@ def test_hvp_tangent_required_for_several_elements(mod, workdir):
 
 def test_fallback_jvp_custom_function_double_backward(mod, workdir):
     x, v = rng(30).standard_normal((3, 2)), rng(31).standard_normal((3, 2))
-    res, run = run_ok(
+    res, run = run_once(
         "jvp", "bmod:custom", "-p", save(workdir / "x.npy", x), "-t", save(workdir / "v.npy", v)
     )
     out, expected = torch.autograd.functional.jvp(mod.custom, t(x), t(v))
@@ -584,19 +609,28 @@ def test_fallback_jvp_custom_function_double_backward(mod, workdir):
     close(res["jvp"], expected)
     # and the analytic derivative: cos(x^3) * 3x^2 + 1
     close(res["jvp"], (torch.cos(t(x) ** 3) * 3 * t(x) ** 2 + 1) * t(v))
-    note = assert_one_fallback(run, "double-backward")
-    assert "forward" in note, note  # why: no forward-mode formula
-    assert "double-backward" in footer(run), run
+    # one-shot: the double-backward trick goes first (it imports nothing), so nothing fails
+    assert_no_fallback(run)
+    assert "jvp via double-backward" in footer(run), run
+    # with --repeat every route is tried: forward mode cannot run, a reverse route must
+    res, run = run_ok("jvp", "bmod:custom", "-p", "x.npy", "-t", "v.npy")
+    close(res["jvp"], expected)
+    note = assert_one_fallback(run, "torch.func.jvp: an operator has no forward-mode formula")
+    assert "forward-mode AD (torch.autograd.forward_ad): an operator has no forward-mode" in note, note
+    assert "jvp via double-backward" in footer(run) or "jvp via reverse-mode Jacobian" in footer(run), run
 
 
 def test_fallback_jvp_old_style_custom_function(mod, workdir):
     """An autograd.Function in the old style (forward(ctx, ...)): torch.func cannot run it at all."""
     x, v = rng(32).standard_normal(3), rng(33).standard_normal(3)
-    res, run = run_ok(
+    res, run = run_once(
         "jvp", "bmod:old_custom", "-p", save(workdir / "x.npy", x), "-t", save(workdir / "v.npy", v)
     )
     close(res["jvp"], torch.autograd.functional.jvp(mod.old_custom, t(x), t(v))[1])
-    note = assert_one_fallback(run, "double-backward")
+    assert_no_fallback(run)  # one-shot: the double-backward trick goes first
+    res, run = run_ok("jvp", "bmod:old_custom", "-p", "x.npy", "-t", "v.npy")
+    close(res["jvp"], torch.autograd.functional.jvp(mod.old_custom, t(x), t(v))[1])
+    note = assert_one_fallback(run, "torch.func.jvp: torch.func cannot transform the function")
     # nothing is batched here: the reason given must not blame vmap
     assert "vmap" not in note, note
 
@@ -673,12 +707,14 @@ def test_jacobian_auto_states_the_mode_that_ran(mod, workdir):
     """Forward mode cannot run through the custom Function: auto must not claim (or time) it."""
     x = rng(38).standard_normal(3)
     px = save(workdir / "x.npy", x)
-    for _ in range(5):  # the small-problem trial is timed, so try several times
-        res, run = run_ok("jacobian", "bmod:custom", "-p", px)
+    for once in (True, False, False, False):  # one-shot, then timed trials (so try several times)
+        res, run = (run_once if once else run_ok)("jacobian", "bmod:custom", "-p", px)
         close(res["jacobian"], torch.autograd.functional.jacobian(mod.custom, t(x)))
         line = footer(run)
-        assert "jacobian via torch.func.jacrev" in line, run  # what ran: reverse mode...
+        assert_route(line, "reverse")  # what ran: reverse mode...
         assert _stated_mode(line) == "reverse", run  # ... so that is the mode to state
+        if not once and "fastest" in line:
+            assert "torch.func.jacfwd" not in timed_routes(line), line  # it could not run
 
 
 def test_fallback_hessian_custom_function(mod, workdir):
@@ -692,13 +728,17 @@ def test_fallback_hessian_custom_function(mod, workdir):
 
 def test_fallback_hvp_custom_function(mod, workdir):
     x, v = rng(40).standard_normal(3), rng(41).standard_normal(3)
-    res, run = run_ok(
+    res, run = run_once(
         "hvp", "bmod:custom_scalar", "-p", save(workdir / "x.npy", x), "-t", save(workdir / "v.npy", v)
     )
     close(res["output"], mod.custom_scalar(t(x)))
     close(res["grad"], torch.autograd.functional.vjp(mod.custom_scalar, t(x))[1])
     close(res["hvp"], torch.autograd.functional.hvp(mod.custom_scalar, t(x), t(v))[1])
-    assert_one_fallback(run, "reverse")
+    assert_no_fallback(run)  # one-shot: reverse over reverse goes first (it imports nothing)
+    assert "hvp via reverse over reverse" in footer(run), run
+    res, run = run_ok("hvp", "bmod:custom_scalar", "-p", "x.npy", "-t", "v.npy")
+    close(res["hvp"], torch.autograd.functional.hvp(mod.custom_scalar, t(x), t(v))[1])
+    assert_one_fallback(run, "reverse", "torch.func jvp of grad (forward over reverse): an operator")
 
 
 def _batched_reference(command, f, xb, dim, vb=None, ub=None):
