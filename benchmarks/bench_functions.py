@@ -18,6 +18,10 @@ def rosenbrock(x: torch.Tensor) -> torch.Tensor:
     return ((1 - x[:-1]) ** 2 + 100 * (x[1:] - x[:-1] ** 2) ** 2).sum()
 
 
+def zero_d(x: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x) * torch.exp(x)
+
+
 def elementwise(x: torch.Tensor) -> torch.Tensor:
     return torch.sin(x) * x + torch.exp(-(x**2))
 
