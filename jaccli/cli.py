@@ -25,6 +25,7 @@ from jaccli.params import (
     jacobian_options,
     module_options,
     output_options,
+    plot_option,
     randomness_option,
     timing_options,
 )
@@ -240,8 +241,10 @@ def jacobian(**options: Any) -> None:
     Examples:
       jac hessian examples/quickstart.py:loss -p examples/x.npy
       jac hessian mymod:f -p x.npy -p y.npy --argnums 0,1 -o H.npz
+      jac hessian examples/quickstart.py:loss -p examples/x.npy --plot H.png
     """,
     argnums_option,
+    plot_option,
     chunk_size_option,
     randomness_option,
 )
