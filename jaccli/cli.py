@@ -214,7 +214,8 @@ def jacrev(**options: Any) -> None:
         """\
       jac jacobian "examples/mlp.py:model()" -p randn:4
       jac jacobian examples/quickstart.py:f -p examples/x.npy --mode fwd --flatten
-      jac jacobian "examples/mlp.py:model()" -p randn:32,4 --batch-dim 0     # per sample""",
+      jac jacobian "examples/mlp.py:model()" -p randn:32,4 --batch-dim 0     # per sample
+      jac jacobian examples/stencil.py:smooth -p randn:12 --plot J.png      # a heatmap image""",
     ),
     click.option(
         "--mode",

@@ -207,7 +207,7 @@ def _legend(scale: float, colour: bool, signed: bool, bad: bool) -> Any:
     """What the cells mean: level k holds |entry| in ((k-1)/9, k/9] of the largest |entry|."""
     from rich.text import Text
 
-    what = "entry" if signed else "block's largest |entry|"
+    what = "|entry|" if signed else "block's largest |entry|"
     zero = "exactly zero" if signed else "all zero"
     nonfinite = "; ! NaN or infinite" if bad else ""
     if not colour:
@@ -216,10 +216,9 @@ def _legend(scale: float, colour: bool, signed: bool, bad: bool) -> Any:
     legend = Text(f"scale: {'-' + _num(scale) if signed else '0'} ")
     for level in [*range(-LEVELS, 0), 0, *range(1, LEVELS + 1)] if signed else range(1, LEVELS + 1):
         legend.append(*_cell(level, False, True, signed))
+    high = ("+" if signed else "") + _num(scale)
     step = _num(scale / LEVELS)
-    return legend.append(
-        f"  {_num(scale)}   (each colour a step of {step} in the {what}; · {zero}{nonfinite})"
-    )
+    return legend.append(f"  {high}   (each colour a step of {step} in the {what}; · {zero}{nonfinite})")
 
 
 def _largest(matrix: Any) -> float:
