@@ -101,7 +101,9 @@ def picture(matrix: Any, axes: Axes, colour: bool, width: int) -> list[Any]:
     """The lines (rich Text) drawing a matrix: every entry when it fits, else a summary."""
     import numpy as np
 
-    matrix = np.asarray(matrix, dtype=np.float64).reshape(axes.shape)
+    matrix = np.asarray(matrix).reshape(axes.shape)
+    if matrix.dtype.itemsize < 4:  # float16 sums overflow; float32 stays as is, for memory's sake
+        matrix = matrix.astype(np.float32)
     rows, cols = matrix.shape
     label_width = len(str(max(rows - 1, 0)))
     if rows <= HEATMAP_MAX and cols <= min(HEATMAP_MAX, (width - label_width - 1) // 2):
@@ -110,11 +112,12 @@ def picture(matrix: Any, axes: Axes, colour: bool, width: int) -> list[Any]:
 
 
 def _heatmap(matrix: Any, axes: Axes, colour: bool) -> list[Any]:
+    import numpy as np
     from rich.text import Text
 
     scale = _largest(matrix)
     grid = levels(matrix, scale)
-    nonfinite = ~_finite(matrix)
+    nonfinite = ~np.isfinite(matrix)
     lines = [Text(f"heatmap: {axes.describe()}")]
     lines += _frame([[_cell(int(v), bad, colour) for v, bad in zip(r, b)] for r, b in zip(grid, nonfinite)])
     lines.append(_legend(scale, colour, signed=True, bad=bool(nonfinite.any())))
@@ -127,7 +130,7 @@ def _summary(matrix: Any, axes: Axes, colour: bool) -> list[Any]:
 
     rows, cols = matrix.shape
     zeros = int((matrix == 0).sum())
-    finite = _finite(matrix)
+    finite = np.isfinite(matrix)
     scale = _largest(matrix)
     bad = f", {int((~finite).sum())} NaN or infinite" if not finite.all() else ""
     row_edges, col_edges = _edges(rows), _edges(cols)
@@ -224,14 +227,8 @@ def _legend(scale: float, colour: bool, signed: bool, bad: bool) -> Any:
 def _largest(matrix: Any) -> float:
     import numpy as np
 
-    finite = np.abs(matrix[_finite(matrix)])
+    finite = np.abs(matrix[np.isfinite(matrix)])
     return float(finite.max()) if finite.size else 0.0
-
-
-def _finite(matrix: Any) -> Any:
-    import numpy as np
-
-    return np.isfinite(matrix)
 
 
 def _edges(n: int) -> Any:

@@ -167,6 +167,25 @@ def test_columns_fit_the_width_up_to_forty(cols, width, kind):
     assert len(drawn) == 4 and all(len(line) <= width for line in drawn)
 
 
+def test_nan_and_infinity_are_marked_and_leave_the_scale_alone():
+    matrix = np.array([[np.nan, 0.0, 1e-3], [-1.0, np.inf, 2.0]])
+    axes = pictures.Axes("output", (2,), "primal 0", (3,))
+    lines = [line.plain for line in pictures.picture(matrix, axes, colour=False, width=80)]
+    assert lines[2:4] == ["0  ! .+1", "1 -5 !+9"]
+    assert lines[4].endswith("x 2 = max |entry|; . exactly zero; ! NaN or infinite")
+
+
+def test_an_all_zero_jacobian_is_summarised_without_entries():
+    axes = pictures.Axes("output", (50,), "primal 0", (50,))
+    lines = [line.plain for line in pictures.picture(np.zeros((50, 50)), axes, colour=False, width=80)]
+    assert lines[0] == (
+        "summary: 50 x 50 matrix, Frobenius norm 0, max |entry| 0, 2500 of 2500 entries exactly zero (100.0%)"
+    )
+    grid = lines[4:36]
+    assert len(grid) == 32 and all(set(line.split(maxsplit=1)[1]) == {" ", "."} for line in grid)
+    assert lines[-1] == "largest |entries|:"
+
+
 def test_summary_numbers_are_numpy_s(mod):
     run_ = jac("jacrev", "picmod:grid", "-p", "randn:6,10", *PLAIN)
     assert run_.code == 0, run_
