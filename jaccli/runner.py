@@ -222,8 +222,9 @@ def _run(request: Request) -> Outcome:
     from jaccli.pictures import matrix_axes
 
     axes = matrix_axes(layout, rename, sample_primals, argnums, names)
-    if request.plot is not None and not set(chosen) & set(axes):
-        raise InputError(f"--plot {request.plot}: --select {request.select} is no Jacobian; nothing to draw")
+    if request.plot is not None and not any(math.prod(axes[k].shape) for k in chosen if k in axes):
+        kept = f"--select {request.select} keeps" if request.select else "the results hold"
+        raise InputError(f"--plot {request.plot}: {kept} no non-empty Jacobian; nothing to draw")
     _check_memory(command, layout, sample_primals, argnums, primals, batch, request.max_memory)
     from jaccli.outputs import check_count
 

@@ -344,15 +344,20 @@ def test_plot_without_matplotlib_is_refused_before_computing(workdir, monkeypatc
         (["--plot", "J"], ["--plot J", "(none)"]),
         (["--plot", "nowhere/J.png"], ["--plot nowhere/J.png", "does not exist"]),
         (["--plot", "J.png", "--batch-dim", "0"], ["--plot does not take --batch-dim"]),
-        (["--plot", "J.png", "--has-aux", "--select", "aux"], ["--select aux is no Jacobian"]),
+        (["--plot", "J.png", "--has-aux", "--select", "aux"], ["--select aux keeps no non-empty Jacobian"]),
+        (
+            ["--plot", "J.png", "--has-aux", "--kwarg", "empty=true"],
+            ["the results hold no non-empty Jacobian"],
+        ),
     ],
-    ids=["jpg", "no-suffix", "no-folder", "batch-dim", "select-aux"],
+    ids=["jpg", "no-suffix", "no-folder", "batch-dim", "select-aux", "empty"],
 )
 def test_plot_refusals_are_one_line_exit_2_and_write_nothing(workdir, args, needles):
-    write_module(workdir, "auxmod", "def f(x):\n    return x * 2, x.sum()\n")
-    run_ = jac(
-        "jacobian", "auxmod:f" if "--has-aux" in args else SMOOTH, "-p", "randn:3,4", *args, "-o", "J.npz"
+    write_module(
+        workdir, "auxmod", "def f(x, empty=False):\n    return (x[:0] if empty else x * 2), x.sum()\n"
     )
+    func = "auxmod:f" if "--has-aux" in args else SMOOTH
+    run_ = jac("jacobian", func, "-p", "randn:3,4", *args, "-o", "J.npz")
     assert_clean_error(run_, 2, *needles)
     assert not any(p.suffix in (".png", ".npz") for p in workdir.iterdir())
 
