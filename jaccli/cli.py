@@ -25,6 +25,7 @@ from jaccli.params import (
     jacobian_options,
     module_options,
     output_options,
+    plot_option,
     randomness_option,
     timing_options,
 )
@@ -213,7 +214,8 @@ def jacrev(**options: Any) -> None:
         """\
       jac jacobian "examples/mlp.py:model()" -p randn:4
       jac jacobian examples/quickstart.py:f -p examples/x.npy --mode fwd --flatten
-      jac jacobian "examples/mlp.py:model()" -p randn:32,4 --batch-dim 0     # per sample""",
+      jac jacobian "examples/mlp.py:model()" -p randn:32,4 --batch-dim 0     # per sample
+      jac jacobian examples/stencil.py:smooth -p randn:12 --plot J.png      # a heatmap image""",
     ),
     click.option(
         "--mode",
@@ -240,8 +242,10 @@ def jacobian(**options: Any) -> None:
     Examples:
       jac hessian examples/quickstart.py:loss -p examples/x.npy
       jac hessian mymod:f -p x.npy -p y.npy --argnums 0,1 -o H.npz
+      jac hessian examples/quickstart.py:loss -p examples/x.npy --plot H.png
     """,
     argnums_option,
+    plot_option,
     chunk_size_option,
     randomness_option,
 )

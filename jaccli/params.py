@@ -270,8 +270,15 @@ chunk_size_option = click.option(
     help="Reverse mode computes N rows at a time (less memory; torch.func's meaning).",
 )
 
+plot_option = click.option(
+    "--plot",
+    metavar="PATH",
+    help="Also draw each Jacobian as a heatmap into PATH (.png, .svg or .pdf; needs jaccli[plot]).",
+)
+
 jacobian_options = _stack(
     argnums_option,
+    plot_option,
     click.option(
         "--flatten",
         is_flag=True,

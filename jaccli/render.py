@@ -27,15 +27,28 @@ def jacobian_note(info: Any, flattened: bool) -> str:
 
 
 def render_text(
-    stream: IO[str], results: dict[str, Any], notes: dict[str, str], dtypes: dict[str, str]
+    stream: IO[str],
+    results: dict[str, Any],
+    notes: dict[str, str],
+    dtypes: dict[str, str],
+    axes: dict[str, Any] | None = None,
 ) -> None:
-    """Each result: its key, shape and dtype, a note where one helps, then the values."""
+    """Each result: its key, shape and dtype, a note where one helps, the values, then for a
+    Jacobian or Hessian (``axes`` says which, and how it reads as a matrix) its picture."""
+    import os
+
     import numpy as np
     from rich.console import Console
     from rich.markup import escape
 
-    console = Console(file=stream, highlight=False, soft_wrap=True)
+    from jaccli.pictures import picture
+
+    # NO_COLOR (https://no-color.org) means no escapes at all here, not merely no colours.
+    plain = os.environ.get("NO_COLOR", "") != ""
+    console = Console(file=stream, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
+    colour = console.color_system is not None
     width = max(console.width, 80)
+    axes = axes or {}
     for n, (key, array) in enumerate(results.items()):
         if n:
             console.print()
@@ -45,6 +58,11 @@ def render_text(
             console.print(f"[dim]{escape(notes[key])}[/dim]")
         text = np.array2string(array, max_line_width=width, threshold=1000, edgeitems=3)
         console.print(text, markup=False)
+        shape = axes[key].shape if key in axes else (0, 0)
+        if array.size == shape[0] * shape[1] > 1:  # not under --batch-dim, nor for a single number
+            console.print()
+            for line in picture(array, axes[key], colour, width):
+                console.print(line)
 
 
 def render_timings(stream: IO[str], timings: Timings) -> None:

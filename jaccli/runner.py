@@ -59,6 +59,7 @@ class Request:
     state: str | None = None  # parameters for an nn.Module FUNC: .pt (weights only) or .npz
     max_memory: int | None = None  # bytes the results may take (None: 80% of what is free)
     timings_path: str | None = None
+    plot: str | None = None  # jacobian, jacfwd, jacrev, hessian: a heatmap image (.png, .svg, .pdf)
     full: bool = False  # check: the whole Jacobian by finite differences, column by column
     rtol: float | None = None  # check: tolerances (defaults: torch.autograd.gradcheck's)
     atol: float | None = None
@@ -77,6 +78,7 @@ class Outcome:
     notes: dict[str, str]  # per key: what a Jacobian's shape means
     dtypes: dict[str, str]  # per key: the torch dtype computed in (bfloat16 is written as float32)
     timings: Timings
+    axes: dict[str, Any] = field(default_factory=dict)  # per Jacobian or Hessian key: pictures.Axes
 
 
 def output_format(request: Request) -> str:
@@ -103,6 +105,10 @@ def check_request(request: Request, stdout: BinaryIO | None = None) -> None:
         outputs.check_destination(request.timings_path, "--timings")
     if request.chunk_size is not None and request.chunk_size < 1:
         raise InputError(f"--chunk-size {request.chunk_size}: must be 1 or more")
+    if request.plot is not None:
+        from jaccli.pictures import check_plot
+
+        check_plot(request.plot, request.command, request.batch_dim)
 
 
 def run(request: Request, stdout: BinaryIO | None = None) -> Outcome:
@@ -207,6 +213,12 @@ def _run(request: Request) -> Outcome:
     if request.select is not None and request.select not in keys:
         raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(keys)}")
     chosen = [request.select] if request.select else keys
+    from jaccli.pictures import matrix_axes
+
+    axes = matrix_axes(layout, rename, sample_primals, argnums, names)
+    if request.plot is not None and not any(math.prod(axes[k].shape) for k in chosen if k in axes):
+        kept = f"--select {request.select} keeps" if request.select else "the results hold"
+        raise InputError(f"--plot {request.plot}: {kept} no non-empty Jacobian; nothing to draw")
     _check_memory(command, layout, sample_primals, argnums, primals, batch, request.max_memory)
     from jaccli.outputs import check_count
 
@@ -281,7 +293,7 @@ def _run(request: Request) -> Outcome:
         torch=str(torch.__version__),
         cost_ratio=timings.ratio("steady-state compute", "function alone"),
     )
-    return Outcome(results, notes, dtypes, timings)
+    return Outcome(results, notes, dtypes, timings, {k: a for k, a in axes.items() if k in results})
 
 
 def _check_memory(command, layout, sample_primals, argnums, primals, batch, limit) -> None:
@@ -524,9 +536,13 @@ def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: 
         if request.out is not None and request.out != "-":
             outputs.write_results(request.out, fmt, outcome.results)
         elif fmt == "text":
-            render_text(text_stdout, outcome.results, outcome.notes, outcome.dtypes)
+            render_text(text_stdout, outcome.results, outcome.notes, outcome.dtypes, outcome.axes)
         else:
             outputs.write_stream(stdout, fmt, outcome.results)
+        if request.plot is not None:
+            from jaccli.pictures import write_plot
+
+            write_plot(request.plot, outcome.results, outcome.axes)
     _write_timings(outcome.timings, request)
 
 
