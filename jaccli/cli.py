@@ -354,7 +354,7 @@ def info(fmt: str) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("config", metavar="CONFIG")
+@click.argument("config", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.argument("flags", nargs=-1, type=click.UNPROCESSED, metavar="[FLAGS]...")
 @click.pass_context
 def run(ctx: click.Context, config: str, flags: tuple[str, ...]) -> Any:

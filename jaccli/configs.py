@@ -256,7 +256,14 @@ def _nearest(word: str, choices: list[str]) -> str:
 def _kind(value: Any) -> str:
     from jaccli.errors import kind_of
 
-    names = {bool: "a boolean", list: "a list", dict: "a mapping", str: "a string", float: "a number", int: "an integer"}
+    names = {
+        bool: "a boolean",
+        list: "a list",
+        dict: "a mapping",
+        str: "a string",
+        float: "a number",
+        int: "an integer",
+    }
     return names.get(type(value), kind_of(value))
 
 

@@ -291,6 +291,7 @@ def _apply_config(ctx: click.Context, param: click.Parameter, value: str | None)
 config_option = click.option(
     "--config",
     metavar="FILE",
+    type=click.Path(dir_okay=False),
     is_eager=True,
     expose_value=False,
     callback=_apply_config,

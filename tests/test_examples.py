@@ -179,7 +179,9 @@ def test_buggy_check_config_finds_the_bug_torch_sees(workdir):
     forward = torch.stack([torch.func.jvp(layer, (x,), (e,))[1] for e in torch.eye(5, dtype=x.dtype)], 1)
     reverse = torch.autograd.functional.jacobian(layer, x)
     assert rows["forward vs reverse"]["verdict"] == "FAIL"
-    assert rows["forward vs reverse"]["max_abs_error"] == pytest.approx((forward - reverse).abs().max().item())
+    assert rows["forward vs reverse"]["max_abs_error"] == pytest.approx(
+        (forward - reverse).abs().max().item()
+    )
     torch.testing.assert_close(forward, 2 * reverse)  # the planted bug: backward drops the factor 2
     assert rows["fd: forward J.v"]["verdict"] == "PASS"
 

@@ -196,3 +196,35 @@ def test_console_script_behaves_like_python_m(tmp_path: Path):
     assert bad.returncode == 2
     lines = bad.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jac jvp: error:") and "nocolon" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("shell", "needle"),
+    [("bash", "_jac_completion"), ("zsh", "#compdef jac"), ("fish", "complete --no-files --command jac")],
+)
+def test_completion_script_for_each_shell_without_torch(shell: str, needle: str):
+    proc = _python_m(env={**os.environ, "_JAC_COMPLETE": f"{shell}_source"})
+    assert proc.returncode == 0, proc.stderr
+    assert needle in proc.stdout.decode()
+    modules, _ = _importtime(proc.stderr)
+    assert _heavy(modules) == [], "completion imported " + ", ".join(_heavy(modules))
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("jac j", {"jacfwd", "jacobian", "jacrev", "jvp"}),
+        ("jac r", {"run"}),
+        ("jac jvp --dt", {"--dtype"}),
+        ("jac jvp x:f --dtype f", {"float16", "float32", "float64"}),
+    ],
+)
+def test_completion_offers_commands_options_and_choices_without_torch(words: str, expected: set[str]):
+    cword = str(len(words.split()) - 1)
+    env = {**os.environ, "_JAC_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": cword}
+    proc = _python_m(env=env)
+    assert proc.returncode == 0, proc.stderr
+    offered = {line.split(",", 1)[1] for line in proc.stdout.decode().splitlines()}
+    assert offered == expected
+    modules, _ = _importtime(proc.stderr)
+    assert _heavy(modules) == [], "completion imported " + ", ".join(_heavy(modules))
