@@ -43,6 +43,7 @@ def cli() -> None:
     jac vjp    FUNC -p X -u U   f(x) and the vector-Jacobian product u^T.J, per primal
     jac jacfwd FUNC -p X        the Jacobian, forward mode
     jac jacrev FUNC -p X        the Jacobian, reverse mode
+    jac run    CONFIG           the command a YAML config names, with its inputs and options
 
     FUNC is module:name, path/to/file.py:name, module:Obj.attr or module:factory().
     Results go to stdout (or -o FILE); the timing table goes to stderr.
