@@ -25,6 +25,11 @@ def _config(folder: Path, text: str, name: str = "c.yaml") -> Path:
     return path
 
 
+def _cube_config(folder: Path, rest: str) -> Path:
+    """A config for cube.py:f at x.npy, both beside it; ``rest`` adds keys."""
+    return _config(folder, "function: cube.py:f\nprimals: x.npy\n" + textwrap.dedent(rest))
+
+
 @pytest.fixture
 def project(workdir):
     """A config folder apart from the current directory, holding a module and an input."""
@@ -47,12 +52,10 @@ def _expected_jvp(x, v, scale=1.0):
 
 
 def test_run_resolves_paths_against_the_config_folder_and_flags_override(project, workdir):
-    config = _config(
+    config = _cube_config(
         project,
         """
         command: jvp
-        function: cube.py:f
-        primals: x.npy
         tangents: [[0.5, 1.0, 2.0]]
         kwargs: {scale: 2.0}
         options: {format: json, dtype: float64, repeat: 0}
@@ -72,14 +75,7 @@ def test_run_resolves_paths_against_the_config_folder_and_flags_override(project
 
 
 def test_config_option_on_a_command_supplies_defaults(project):
-    config = _config(
-        project,
-        """
-        function: cube.py:f
-        primals: x.npy
-        options: {format: json, argnums: [0], flatten: true}
-        """,
-    )
+    config = _cube_config(project, "options: {format: json, argnums: [0], flatten: true}\n")
     got = _json(jac("jacfwd", "--config", str(config), "--repeat", "0"))
     want = torch.func.jacfwd(lambda t: t**3, argnums=(0,))(torch.tensor([1.0, 2.0, 3.0]))[0]
     np.testing.assert_allclose(got["jacobian.0"], want.numpy(), rtol=1e-12)
@@ -90,12 +86,10 @@ def test_config_option_on_a_command_supplies_defaults(project):
 
 
 def test_out_and_timings_resolve_against_the_config_folder(project, workdir):
-    config = _config(
+    config = _cube_config(
         project,
         """
         command: vjp
-        function: cube.py:f
-        primals: x.npy
         cotangents: ones
         out: results/g.npz
         options: {timings: results/t.json, quiet: true}
@@ -212,7 +206,7 @@ def test_config_errors_name_the_file_and_key_and_write_nothing(project, workdir,
 
 
 def test_a_config_for_another_command_is_refused_by_config_option(project):
-    config = _config(project, "command: vjp\nfunction: cube.py:f\nprimals: x.npy\n")
+    config = _cube_config(project, "command: vjp\n")
     assert_clean_error(jac("jvp", "--config", str(config)), 2, "is for 'jac vjp'", "jac run")
 
 
