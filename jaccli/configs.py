@@ -19,16 +19,7 @@ import click
 
 from jaccli.errors import InputError
 
-SCHEMA = {
-    "command": "the jac command to run (jvp, vjp, jacfwd, ...); needed by 'jac run'",
-    "function": "FUNC: module:name or path/to/file.py:name",
-    "primals": "one input source, or a list of them (-p)",
-    "tangents": "one source, or a list (-t; jvp and hvp)",
-    "cotangents": "one source, or a list (-u; vjp)",
-    "kwargs": "a mapping NAME: VALUE of keyword arguments (--kwarg)",
-    "out": "the output file (-o)",
-    "options": "a mapping of the command's other long option names to values",
-}
+KEYS = ("command", "function", "primals", "tangents", "cotangents", "kwargs", "out", "options")
 # Top-level keys and the click parameter each one fills.
 _TOP_PARAMS = {
     "function": "func",
@@ -41,6 +32,7 @@ _TOP_PARAMS = {
 _SOURCE_KEYS = ("primals", "tangents", "cotangents")
 _DATA_SUFFIXES = (".npy", ".npz", ".yaml", ".yml", ".json")  # a source with one of these is a path
 _NOT_OPTIONS = ("config", "help", "version")  # what a config cannot set
+_MAX_BYTES = 2**20  # configs are a few lines; anything larger is the wrong file
 
 
 def read(path: str) -> dict[str, Any]:
@@ -61,14 +53,11 @@ def read(path: str) -> dict[str, Any]:
     doc = safeyaml.load(text, f"config {path}")
     if not isinstance(doc, dict):
         raise InputError(
-            f"config {path} holds {_kind(doc)}; a config is a mapping with keys {', '.join(SCHEMA)}"
+            f"config {path} holds {_kind(doc)}; a config is a mapping with keys {', '.join(KEYS)}"
         )
     for key in doc:
-        _check_key(path, key, SCHEMA, "keys")
+        _check_key(path, key, KEYS, "keys")
     return doc
-
-
-_MAX_BYTES = 2**20
 
 
 def command_of(path: str, commands: list[str]) -> str:

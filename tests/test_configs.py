@@ -220,3 +220,8 @@ def test_config_option_on_info(project):
     run = jac("info", "--config", str(config))
     assert run.code == 0, run
     assert json.loads(run.stdout)["torch"] == torch.__version__
+
+
+def test_an_oversized_config_is_refused_unread(workdir):
+    (workdir / "big.yaml").write_text("command: jvp\n# " + "x" * 2**20 + "\n")
+    assert_clean_error(jac("run", "big.yaml"), 2, "big.yaml is over 1 MiB")
