@@ -1,12 +1,17 @@
 """jac's benchmark suite: ratios measured side by side in one run, never absolute targets.
 
-    python benchmarks/run.py            # everything, a few minutes
-    python benchmarks/run.py --quick    # fewer rounds, well under 2 minutes
-    python benchmarks/run.py mode       # one section
+    python benchmarks/run.py            # everything, several minutes
+    python benchmarks/run.py --quick    # fewer rounds and cases, under 2 minutes
+    python benchmarks/run.py steady     # one section (or several)
 
 Each section times its contenders alternately, round after round, so a burst of load on a
 shared machine hits them all; it reports min and median over rounds. Sections:
 
+- help: `jac --help`, `--version` and a usage error against `python -c pass` (target: 150 ms).
+- oneshot: one-shot `jac jvp|vjp|jacrev` end to end against `python -c "import torch"` (target:
+  1.15x) and against the hand-written torch.func script, with the numbers compared.
+- steady: the steady-state median under --repeat against the fastest of torch.func,
+  torch.autograd.functional and plain autograd / forward-mode AD (target: 1.05x).
 - mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev, through jac's own
   code path (``jaccli.run``), on functions where the choice matters and where it does not.
 """
@@ -23,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_engines  # noqa: E402
 import bench_functions  # noqa: E402
 
 
@@ -100,7 +106,17 @@ def machine() -> str:
     )
 
 
-SECTIONS = {"mode": section_mode}
+def _mode(quick: bool) -> list[dict]:
+    return section_mode(*((3, 5) if quick else (11, 30)))
+
+
+SECTIONS = {
+    "help": bench_engines.section_help,
+    "oneshot": bench_engines.section_oneshot,
+    "steady": bench_engines.section_steady,
+    "mode": _mode,
+}
+QUICK_SECTIONS = ("help", "oneshot", "steady")  # --quick with no section named: these
 
 
 def main() -> None:
@@ -108,15 +124,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)}")
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, repeats and cases")
     args = parser.parse_args()
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    rounds, repeat = (3, 5) if args.quick else (11, 30)
-    print(f"# jac benchmarks\n\n{machine()}; {rounds} rounds of {repeat} runs each")
-    for name in args.sections or list(SECTIONS):
-        print_table(name, SECTIONS[name](rounds, repeat))
+    chosen = args.sections or (list(QUICK_SECTIONS) if args.quick else list(SECTIONS))
+    print(f"# jac benchmarks\n\n{machine()}{' (--quick)' if args.quick else ''}")
+    for name in chosen:
+        print_table(name, SECTIONS[name](args.quick))
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

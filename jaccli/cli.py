@@ -19,6 +19,7 @@ from jaccli.params import (
     argnums_option,
     array_option,
     chunk_size_option,
+    config_option,
     engine_options,
     function_and_primals,
     inputs_and_device,
@@ -43,6 +44,7 @@ def cli() -> None:
     jac vjp    FUNC -p X -u U   f(x) and the vector-Jacobian product u^T.J, per primal
     jac jacfwd FUNC -p X        the Jacobian, forward mode
     jac jacrev FUNC -p X        the Jacobian, reverse mode
+    jac run    CONFIG           the command a YAML config names, with its inputs and options
 
     FUNC is module:name, path/to/file.py:name, module:Obj.attr or module:factory().
     Results go to stdout (or -o FILE); the timing table goes to stderr.
@@ -109,6 +111,7 @@ def transform_command(help_text: str, *extra: Callable) -> Callable:
                 inputs_and_device,
                 output_options,
                 timing_options,
+                config_option,
             )
         ):
             fn = decorator(fn)
@@ -300,6 +303,7 @@ def hvp(**options: Any) -> None:
 @inputs_and_device
 @output_options
 @timing_options
+@config_option
 def check(**options: Any) -> int:
     """Check a function's derivatives: forward vs reverse, the adjoint identity, finite differences.
 
@@ -334,6 +338,7 @@ def check(**options: Any) -> int:
     show_default=True,
     help="text for people, json for scripts.",
 )
+@config_option
 def info(fmt: str) -> None:
     """Versions of Python, torch and numpy, and the devices jac can use.
 
@@ -351,6 +356,36 @@ def info(fmt: str) -> None:
         click.echo(json.dumps(facts))
     else:
         render(sys.stdout, facts)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("config", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.argument("flags", nargs=-1, type=click.UNPROCESSED, metavar="[FLAGS]...")
+@click.pass_context
+def run(ctx: click.Context, config: str, flags: tuple[str, ...]) -> Any:
+    """Run the command a YAML config names, with its function, inputs and options.
+
+    A config holds command, function, primals, tangents, cotangents, kwargs, out, and
+    options (the command's long option names). FLAGS override the config's values (a
+    repeatable flag such as -p replaces the config's whole list). Relative paths in the
+    config resolve against its folder. Any command also takes --config FILE.
+
+    \b
+    Examples:
+      jac run configs/quickstart-jvp.yaml
+      jac run configs/rosenbrock-hessian.yaml -o H.npy
+      jac run configs/mlp-jacobian.yaml --dtype float64 --format json
+    """
+    from jaccli.configs import command_of, missing
+
+    name = command_of(config, [n for n in cli.list_commands(ctx) if n != "run"])
+    command = cli.commands[name]
+    try:
+        sub = command.make_context(name, ["--config", config, *flags], parent=ctx.parent)
+    except click.MissingParameter as exc:
+        raise missing(config, exc.param) from None
+    with sub:
+        return command.invoke(sub)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:

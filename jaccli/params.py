@@ -285,3 +285,22 @@ jacobian_options = _stack(
         help="Write each Jacobian as a 2-D matrix: output elements x input elements.",
     ),
 )
+
+
+def _apply_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Eager, so the config's values are in place as defaults before any other option is read."""
+    if value is not None:
+        from jaccli.configs import defaults
+
+        ctx.default_map = {**(ctx.default_map or {}), **defaults(value, ctx)}
+
+
+config_option = click.option(
+    "--config",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_apply_config,
+    help="Read this command's options from a YAML config (see 'jac run'); flags given here override it.",
+)

@@ -1,7 +1,7 @@
 """What people read: results as text in the numpy style, and the timing table.
 
 Results go to standard output; the timing table and notes go to standard error, so
-pipelines stay clean. rich decides colour (off for NO_COLOR and non-terminals).
+pipelines stay clean. Styles (bold, colour) reach terminals only, and none when NO_COLOR is set.
 """
 
 from __future__ import annotations
@@ -9,6 +9,20 @@ from __future__ import annotations
 from typing import IO, Any
 
 from jaccli.timing import Timings
+
+
+def console_for(stream: IO[str]) -> Any:
+    """A rich Console on ``stream``: no escape codes at all for a pipe, a file or NO_COLOR.
+
+    rich already leaves non-terminals plain, but under NO_COLOR it drops colours only and keeps
+    bold and dim; https://no-color.org asks for plain text, so styling goes off entirely.
+    """
+    import os
+
+    from rich.console import Console
+
+    plain = bool(os.environ.get("NO_COLOR"))
+    return Console(file=stream, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
 
 
 def jacobian_note(info: Any, flattened: bool) -> str:
@@ -35,17 +49,13 @@ def render_text(
 ) -> None:
     """Each result: its key, shape and dtype, a note where one helps, the values, then for a
     Jacobian or Hessian (``axes`` says which, and how it reads as a matrix) its picture."""
-    import os
 
     import numpy as np
-    from rich.console import Console
     from rich.markup import escape
 
     from jaccli.pictures import picture
 
-    # NO_COLOR (https://no-color.org) means no escapes at all here, not merely no colours.
-    plain = os.environ.get("NO_COLOR", "") != ""
-    console = Console(file=stream, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
+    console = console_for(stream)
     colour = console.color_system is not None
     width = max(console.width, 80)
     axes = axes or {}
@@ -66,7 +76,6 @@ def render_text(
 
 
 def render_timings(stream: IO[str], timings: Timings) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=None, box=None, padding=(0, 2), show_edge=False, header_style="bold")
@@ -90,7 +99,7 @@ def render_timings(stream: IO[str], timings: Timings) -> None:
             )
         else:
             table.add_row(phase.name, duration(phase.times[0]), "", "", "")
-    console = Console(file=stream, highlight=False, soft_wrap=True)
+    console = console_for(stream)
     console.print(table)
     console.print(footer_line(timings), markup=False)
 
@@ -136,7 +145,6 @@ def warn_non_finite(stream: IO[str], results: dict[str, Any]) -> None:
 
 def render_checks(stream: IO[str], report: Any) -> None:
     """The verdict table of ``jac check``, then one line per failed or skipped check."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -156,7 +164,7 @@ def render_checks(stream: IO[str], report: Any) -> None:
             "" if row.max_rel is None else f"{row.max_rel:.2e}",
             f"[{colour[row.verdict]}]{row.verdict}[/]",
         )
-    console = Console(file=stream, highlight=False, soft_wrap=True)
+    console = console_for(stream)
     console.print(table)
     for row in report.rows:
         if row.detail:

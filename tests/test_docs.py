@@ -26,6 +26,7 @@ def _readme_commands() -> list[str]:
 @pytest.fixture
 def examples_copy(tmp_path, monkeypatch):
     shutil.copytree(EXAMPLES, tmp_path / "examples")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -87,3 +88,21 @@ def test_ci_runs_the_readme_test_command():
     assert "README.md" in ci
     test_lines = [line for block in _blocks("sh") for line in block.splitlines() if "pytest" in line]
     assert test_lines and re.search(r"^python -m pip install torch==.*\[test[,a-z]*\].*pytest", test_lines[0])
+
+
+def test_cli_reference_is_generated_from_the_help_texts():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_cli", ROOT / "docs" / "generate_cli.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    current = generator.TARGET.read_text(encoding="utf-8")
+    assert current == generator.render(), f"docs/cli.md is out of date: run '{generator.COMMAND}'"
+    for command in COMMANDS:
+        assert f"\n## jac {command}\n" in current
+        assert f"Usage: jac {command} " in current
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_readme_documents_shell_completion(shell):
+    assert f"_JAC_COMPLETE={shell}_source jac" in README

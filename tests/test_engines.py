@@ -203,5 +203,7 @@ def test_trial_times_every_route_and_keeps_the_fastest(tmp_path, monkeypatch):
     assert outcome.timings.footer["engine"] in timed
     from jaccli.runner import deliver
 
-    deliver(outcome, Request("jvp", "m:mlp", timings_path=str(timings), out=str(tmp_path / "r.npz")), None, None)
+    deliver(
+        outcome, Request("jvp", "m:mlp", timings_path=str(timings), out=str(tmp_path / "r.npz")), None, None
+    )
     assert json.loads(timings.read_text())["choice"] == choice

@@ -68,8 +68,9 @@ def test_help_lists_the_commands_and_imports_neither_torch_nor_numpy():
         (["jvp"], ["FUNC"]),
         (["jvp", "mymod:f", "--bogus"], ["--bogus"]),
         (["jacrev", "nocolon", "-p", "1.0"], ["FUNC", "nocolon"]),
+        (["run", "nowhere.yaml"], ["config nowhere.yaml does not exist"]),
     ],
-    ids=["no-arguments", "unknown-option", "func-without-colon"],
+    ids=["no-arguments", "unknown-option", "func-without-colon", "config-missing"],
 )
 def test_usage_error_is_one_line_exit_2_without_importing_torch(tmp_path: Path, args, needles):
     proc = _python_m(*args, cwd=tmp_path)
@@ -77,7 +78,7 @@ def test_usage_error_is_one_line_exit_2_without_importing_torch(tmp_path: Path, 
     modules, other = _importtime(proc.stderr)
     assert _heavy(modules) == [], "a usage error imported " + ", ".join(_heavy(modules))
     assert len(other) == 1, other
-    assert other[0].startswith("jac ") and "error" in other[0], other
+    assert other[0].startswith(("jac ", "jac:")) and "error" in other[0], other
     for needle in needles:
         assert needle in other[0], (needle, other)
     assert proc.stdout == b""
@@ -196,3 +197,35 @@ def test_console_script_behaves_like_python_m(tmp_path: Path):
     assert bad.returncode == 2
     lines = bad.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jac jvp: error:") and "nocolon" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("shell", "needle"),
+    [("bash", "_jac_completion"), ("zsh", "#compdef jac"), ("fish", "complete --no-files --command jac")],
+)
+def test_completion_script_for_each_shell_without_torch(shell: str, needle: str):
+    proc = _python_m(env={**os.environ, "_JAC_COMPLETE": f"{shell}_source"})
+    assert proc.returncode == 0, proc.stderr
+    assert needle in proc.stdout.decode()
+    modules, _ = _importtime(proc.stderr)
+    assert _heavy(modules) == [], "completion imported " + ", ".join(_heavy(modules))
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("jac j", {"jacfwd", "jacobian", "jacrev", "jvp"}),
+        ("jac r", {"run"}),
+        ("jac jvp --dt", {"--dtype"}),
+        ("jac jvp x:f --dtype f", {"float16", "float32", "float64"}),
+    ],
+)
+def test_completion_offers_commands_options_and_choices_without_torch(words: str, expected: set[str]):
+    cword = str(len(words.split()) - 1)
+    env = {**os.environ, "_JAC_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": cword}
+    proc = _python_m(env=env)
+    assert proc.returncode == 0, proc.stderr
+    offered = {line.split(",", 1)[1] for line in proc.stdout.decode().splitlines()}
+    assert offered == expected
+    modules, _ = _importtime(proc.stderr)
+    assert _heavy(modules) == [], "completion imported " + ", ".join(_heavy(modules))

@@ -1,0 +1,59 @@
+"""YAML as data only: ``yaml.safe_load``'s loader with anchors and aliases refused.
+
+Shared by array sources (:mod:`jaccli.inputs`) and config files (:mod:`jaccli.configs`), so
+both refuse the same things with the same messages. Imports neither numpy nor torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaccli.errors import InputError
+
+
+def _no_alias_loader():
+    """yaml.SafeLoader that refuses aliases (*name): a few lines of them can expand into
+    billions of elements ("billion laughs"), and array data never needs them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+            if self.check_event(yaml.events.AliasEvent):
+                event = self.peek_event()
+                mark = event.start_mark
+                raise _AliasRefused(
+                    f"an alias *{event.anchor} at line {mark.line + 1}, column {mark.column + 1}"
+                )
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+class _AliasRefused(Exception):
+    pass
+
+
+def load(text: str, origin: str) -> Any:
+    """The document in ``text``; any problem is an InputError naming ``origin`` and the place."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_no_alias_loader())  # a SafeLoader: no tags run code
+    except _AliasRefused as exc:
+        raise InputError(
+            f"{origin}: YAML anchors and aliases are refused ({exc}): they can expand without "
+            "bound; write the values out, or save the array as .npy"
+        ) from None
+    except RecursionError:
+        raise InputError(f"{origin}: YAML nested too deeply to parse; is the file right?") from None
+    except yaml.constructor.ConstructorError as exc:
+        if "tag" not in str(exc.problem):
+            raise InputError(f"{origin} is not valid YAML: {exc.problem}") from exc
+        raise InputError(
+            f"{origin}: YAML tag refused ({exc.problem}); jac reads plain numbers, lists and mappings only"
+        ) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{origin} is not valid YAML{where}: {reason}") from exc
