@@ -130,6 +130,14 @@ def two_inputs_jacobians():
     return {f"jacobian.{out}.{i}": jac_[out][i] for out in ("product", "energy") for i in (0, 1)}
 
 
+def stencil_jacobian():
+    (x,) = _randn((12,))
+    jacobian = torch.func.jacrev(_example("stencil").smooth)(x)
+    ring = torch.eye(12) + torch.eye(12).roll(1, 0) + torch.eye(12).roll(-1, 0)
+    assert torch.all(jacobian[ring == 0] == 0) and torch.all(jacobian[ring == 1] != 0)  # banded
+    return {"jacobian": jacobian}
+
+
 REFERENCES = {
     "quickstart-jvp": quickstart_jvp,
     "quickstart-gradient": quickstart_gradient,
@@ -141,6 +149,7 @@ REFERENCES = {
     "attention-jvp": attention_jvp,
     "two-inputs-vjp": two_inputs_vjp,
     "two-inputs-jacobians": two_inputs_jacobians,
+    "stencil-jacobian": stencil_jacobian,
 }
 STDERR_NOTES = {"attention-jvp": "jvp fell back to"}
 
