@@ -66,12 +66,6 @@ ROUTES: dict[str, list[Route]] = {
 FORWARD_ROUTES = ("jvp", "jacfwd", "hessian", "hvp")
 
 
-def _forward_dtype_bug(route: Route, exc: BaseException) -> bool:
-    """A dtype mismatch in forward mode only: the function itself ran with these inputs, so this
-    is forward mode promoting a tangent (pytorch#90065), which reverse mode does not do."""
-    return route.engine == "func" and route.command in FORWARD_ROUTES and "dtype" in str(exc).lower()
-
-
 _WHY = {
     "forward-dtype": "forward mode promoted a dtype (pytorch#90065)",
     "forward": "an operator has no forward-mode formula",
@@ -113,32 +107,21 @@ class Router:
     def __call__(self) -> dict[str, Any]:
         if self.chosen is not None:
             return guarded(lambda: self._run(*self.chosen), self.command)
-        failures: list[str] = []
         candidates = self.candidates()
-        for n, (route, loop) in enumerate(candidates):
-            try:
-                result = self._run(route, loop)
-            except FunctionError:
-                raise
-            except (Exception, SystemExit) as exc:
-                why = failure_reason(exc) if not isinstance(exc, SystemExit) else None
-                if why is None and _forward_dtype_bug(route, exc):
-                    why = "forward-dtype"
-                if why is None or n == len(candidates) - 1:
-                    if failures:
-                        raise FunctionError(
-                            f"{self.command} failed by every route ({'; '.join(failures)}); last, "
-                            f"{route.label} raised {describe(exc)}"
-                        ) from exc
-                    guarded(lambda exc=exc: _reraise(exc), self.command)
-                failures.append(f"{route.label}: {_WHY[why]}")
-                continue
-            self.chosen = (route, loop)
-            if failures:
-                how = route.label + (", looping over samples" if loop else "")
-                self.fallbacks.append(f"fell back to {how} ({'; '.join(failures)})")
-            return result
-        raise AssertionError("no candidate routes")  # ROUTES always has one
+        (route, loop), result, failures = first_working(
+            self.command,
+            candidates,
+            lambda candidate: self._run(*candidate),
+            label=lambda candidate: candidate[0].label,
+            forward=lambda candidate: (
+                candidate[0].engine == "func" and candidate[0].command in FORWARD_ROUTES
+            ),
+        )
+        self.chosen = (route, loop)
+        if failures:
+            how = route.label + (", looping over samples" if loop else "")
+            self.fallbacks.append(f"fell back to {how} ({'; '.join(failures)})")
+        return result
 
     @property
     def label(self) -> str:
@@ -159,6 +142,37 @@ class Router:
         if self.batch_dim is None:
             return one(*self.primals)
         return per_sample(one, self.primals, self.options, self.batch_dim, loop)
+
+
+def first_working(
+    what: str,
+    candidates: Sequence[Any],
+    attempt: Callable[[Any], Any],
+    label: Callable[[Any], str],
+    forward: Callable[[Any], bool],
+) -> tuple[Any, Any, list[str]]:
+    """``(candidate, result, failures)`` for the first candidate ``attempt`` runs without a
+    failure that another route avoids; the function's own errors become FunctionError at once.
+    ``forward(candidate)``: whether it runs forward mode (its dtype failures may fall back)."""
+    failures: list[str] = []
+    for n, candidate in enumerate(candidates):
+        try:
+            return candidate, attempt(candidate), failures
+        except FunctionError:
+            raise
+        except (Exception, SystemExit) as exc:
+            why = failure_reason(exc) if not isinstance(exc, SystemExit) else None
+            if why is None and forward(candidate) and "dtype" in str(exc).lower():
+                why = "forward-dtype"  # forward mode promoting a tangent (pytorch#90065)
+            if why is None or n == len(candidates) - 1:
+                if failures:
+                    raise FunctionError(
+                        f"{what} failed by every route ({'; '.join(failures)}); last, "
+                        f"{label(candidate)} raised {describe(exc)}"
+                    ) from exc
+                guarded(lambda exc=exc: _reraise(exc), what)
+            failures.append(f"{label(candidate)}: {_WHY[why]}")
+    raise AssertionError("no candidate routes")  # every route list has one
 
 
 def _reraise(exc: BaseException) -> None:
