@@ -91,7 +91,7 @@ def start(device: Any) -> Session:
     timeout = timedelta(seconds=float(os.environ.get("JAC_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        dist.init_process_group("nccl", timeout=timeout)
     else:
         dist.init_process_group("gloo", timeout=timeout)
     return Session(

@@ -44,6 +44,7 @@ def no_forward(x):
     return NoForward.apply(x) * x[:3].sum()
 
 CALLS = [0]
+FAILURE = [RuntimeError]
 
 class Breaks(torch.autograd.Function):  # its fourth reverse pass raises
     @staticmethod
@@ -58,7 +59,7 @@ class Breaks(torch.autograd.Function):  # its fourth reverse pass raises
     def backward(ctx, grad):
         CALLS[0] += 1
         if CALLS[0] == 4:
-            raise RuntimeError("broken backward on pass 4")
+            raise FAILURE[0]("broken backward on pass 4")
         return grad * 2
 
 def breaks(x):
@@ -67,6 +68,7 @@ def breaks(x):
 
 X = "[0.3, -1.2, 0.5, 2.0, -0.7, 0.1, 1.5, -0.4, 0.9, -2.2]"
 X23 = "[[0.3, -1.2, 0.5], [2.0, -0.7, 0.1]]"
+F64 = ("--dtype", "float64")
 
 
 @pytest.fixture
@@ -132,25 +134,18 @@ def test_flatten_writes_the_matrix_with_the_same_bytes(mod):
         np.testing.assert_array_equal(flat, want)
 
 
+XY = ("-p", "[0.5, -1.0, 2.0]", "-p", "[1.0, 2.0, -3.0, 0.5]")
+
+
+def _xy() -> tuple[torch.Tensor, torch.Tensor]:
+    return _tensor(XY[1]), _tensor(XY[3])
+
+
 def test_argnums_with_select_streams_one_block(mod):
-    x, y = _tensor("[0.5, -1.0, 2.0]"), _tensor("[1.0, 2.0, -3.0, 0.5]")
-    block = _stream(
-        "jacrev",
-        "streammod:two",
-        "-p",
-        "[0.5, -1.0, 2.0]",
-        "-p",
-        "[1.0, 2.0, -3.0, 0.5]",
-        "--argnums",
-        "0,1",
-        "--select",
-        "jacobian.1",
-    )
-    np.testing.assert_array_equal(block, torch.func.jacrev(mod.two, argnums=1)(x, y).numpy())
-    block = _stream(
-        "jacfwd", "streammod:two", "-p", "[0.5, -1.0, 2.0]", "-p", "[1.0, 2.0, -3.0, 0.5]", "--argnums", "1"
-    )
-    np.testing.assert_array_equal(block, torch.func.jacfwd(mod.two, argnums=1)(x, y).numpy())
+    block = _stream("jacrev", "streammod:two", *XY, "--argnums", "0,1", "--select", "jacobian.1")
+    np.testing.assert_array_equal(block, torch.func.jacrev(mod.two, argnums=1)(*_xy()).numpy())
+    block = _stream("jacfwd", "streammod:two", *XY, "--argnums", "1")
+    np.testing.assert_array_equal(block, torch.func.jacfwd(mod.two, argnums=1)(*_xy()).numpy())
 
 
 def test_forward_mode_without_a_formula_falls_back_to_rows(mod):
@@ -168,43 +163,15 @@ def test_small_chunks_in_memory_when_only_the_working_memory_would_not_fit(mod):
     # the result is 7 x 10 float64 = 560 bytes; all passes at once need about 3.2 KiB
     for command, unit in (("jacrev", "rows"), ("jacfwd", "columns")):
         want = REFERENCES[command[3:]](mod.f)(x).numpy()
-        run = jac(
-            command,
-            "streammod:f",
-            "-p",
-            X,
-            "--dtype",
-            "float64",
-            "--max-memory",
-            "2000",
-            "--format",
-            "npz",
-            "--repeat",
-            "1",
-        )
+        run = jac(command, "streammod:f", "-p", X, *F64, "--max-memory", "2000", "--format", "npz")
         assert run.code == 0, run
         assert "memory: computed in chunks of" in run.stderr and unit in run.stderr, run
         np.testing.assert_array_equal(run.npz()["jacobian"], want)
     several = jac(
-        "jacrev",
-        "streammod:two",
-        "-p",
-        "[0.5, -1.0, 2.0]",
-        "-p",
-        "[1.0, 2.0, -3.0, 0.5]",
-        "--argnums",
-        "0,1",
-        "--max-memory",
-        "1000",
-        "--format",
-        "npz",
-        "--dtype",
-        "float64",
+        "jacrev", "streammod:two", *XY, "--argnums", "0,1", *F64, "--max-memory", "1000", "--format", "npz"
     )
     assert several.code == 0 and "computed in chunks" in several.stderr, several
-    want = torch.func.jacrev(mod.two, argnums=(0, 1))(
-        _tensor("[0.5, -1.0, 2.0]"), _tensor("[1.0, 2.0, -3.0, 0.5]")
-    )
+    want = torch.func.jacrev(mod.two, argnums=(0, 1))(*_xy())
     for i in (0, 1):
         np.testing.assert_array_equal(several.npz()[f"jacobian.{i}"], want[i].numpy())
 
@@ -214,20 +181,24 @@ def test_a_disk_too_small_is_an_input_error_before_any_work(mod, monkeypatch):
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 300, 300))
-    run = jac("jacrev", "streammod:f", "-p", X, "--dtype", "float64", "-o", "J.npy", "--max-memory", "100")
+    run = jac("jacrev", "streammod:f", "-p", X, *F64, "-o", "J.npy", "--max-memory", "100")
     assert_clean_error(run, 2, "needs 560 bytes", "has 300 bytes free")
-    assert os.listdir(".") == ["streammod.py"] or not any(n.startswith(("J", ".J")) for n in os.listdir("."))
+    assert not [n for n in os.listdir(".") if n.startswith(("J", ".J"))]
 
 
-def test_an_error_mid_stream_leaves_no_file_and_keeps_the_old_one(mod):
+@pytest.mark.parametrize(
+    "failure, code, needle",
+    [(RuntimeError, 3, "broken backward on pass 4"), (KeyboardInterrupt, 130, "interrupted")],
+)
+def test_an_error_mid_stream_leaves_no_file_and_keeps_the_old_one(mod, failure, code, needle):
+    mod.FAILURE[0] = failure
     np.save("J.npy", np.arange(3.0))
     run = jac(
         "jacrev",
         "streammod:breaks",
         "-p",
         X,
-        "--dtype",
-        "float64",
+        *F64,
         "-o",
         "J.npy",
         "--max-memory",
@@ -235,13 +206,21 @@ def test_an_error_mid_stream_leaves_no_file_and_keeps_the_old_one(mod):
         "--engine",
         "autograd",
     )
-    assert_clean_error(run, 3, "broken backward on pass 4")
+    assert_clean_error(run, code, needle)
+    assert mod.CALLS[0] == 4  # it failed mid-way, after rows had been written
     np.testing.assert_array_equal(np.load("J.npy"), np.arange(3.0))
     assert not [n for n in os.listdir(".") if n.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("out", [["-o", "J.npz"], ["-o", "J.json"], ["--format", "npz"], []])
 def test_a_result_that_cannot_be_streamed_is_refused(mod, out):
-    run = jac("jacrev", "streammod:f", "-p", X, "--dtype", "float64", "--max-memory", "100", *out)
+    run = jac("jacrev", "streammod:f", "-p", X, *F64, "--max-memory", "100", *out)
     assert_clean_error(run, 2, "560 bytes", "more than --max-memory", "-o J.npy")
     assert sorted(os.listdir(".")) in (["streammod.py"], ["__pycache__", "streammod.py"])
+
+
+@pytest.mark.cuda
+def test_streaming_on_cuda_equals_torch_func_on_the_cpu(mod):
+    x = _tensor(X)
+    streamed = _stream("jacrev", "streammod:f", "-p", X, "--device", "cuda")
+    np.testing.assert_allclose(streamed, torch.func.jacrev(mod.f)(x).numpy(), rtol=1e-12, atol=1e-14)
