@@ -28,8 +28,10 @@ class Switch:
 def enabled(stream: IO[str] | None = None) -> bool:
     """True when a bar may be drawn on ``stream`` (default: standard error)."""
     stream = sys.stderr if stream is None else stream
-    if Switch.quiet or stream is None:
-        return False
+    return not Switch.quiet and stream is not None and is_terminal(stream)
+
+
+def is_terminal(stream: IO[str]) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # a closed or exotic stream

@@ -89,7 +89,20 @@ def test_the_commands_draw_no_bar_when_stderr_is_captured(workdir):
 
 def test_check_full_draws_its_column_loop_on_a_terminal(workdir, monkeypatch):
     write_module(workdir, "pmod2", "import torch\ndef f(x):\n    return x.sin()\n")
-    monkeypatch.setattr(progress, "enabled", lambda stream=None: True)  # the runner's stderr is a terminal
+    monkeypatch.setattr(progress, "is_terminal", lambda stream: True)  # as if stderr were one
     run = jac("check", "pmod2:f", "-p", "randn:5", "--full", "--no-timings")
     assert run.code == 0, run
     assert "check --full: finite differences" in run.stderr
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_streamed_jacobian_draws_its_chunks_on_a_terminal_unless_quiet(workdir, monkeypatch, quiet):
+    write_module(workdir, "pmod3", "import torch\ndef f(x):\n    return x.sin() * x.sum()\n")
+    monkeypatch.setattr(progress, "is_terminal", lambda stream: True)
+    flags = ["-q"] if quiet else []
+    run = jac("jacrev", "pmod3:f", "-p", "randn:6", "-o", "J.npy", "--max-memory", "100", *flags)
+    assert run.code == 0, run
+    assert ("jacobian -> J.npy" in run.stderr) is not quiet, run
+    assert ("6/6" in run.stderr) is not quiet, run
+    if quiet:
+        assert run.stderr == ""
