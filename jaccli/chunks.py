@@ -66,6 +66,7 @@ class BlockJacobian:
         self._primals = list(primals)
         self._fn, self._has_aux = fn, has_aux
         self.route: ChunkRoute | None = None
+        self.dtype: Any = None
         self.fallbacks: list[str] = []
         self._pullback: Any = None
 
@@ -92,6 +93,7 @@ class BlockJacobian:
         self.route, block, failures = first_working(
             "jacobian", candidates, attempt, label=lambda r: r.label, forward=lambda r: r.mode == "fwd"
         )
+        self.dtype = block.dtype  # what every chunk gives
         if failures:
             self.fallbacks.append(f"fell back to {self.route.label} ({'; '.join(failures)})")
         return block

@@ -49,25 +49,24 @@ def _ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
 
 
 def in_memory(block: chunks.BlockJacobian, engine: str, mode: str, chunk: int) -> Any:
-    """The whole block as a tensor (output shape + input shape), computed ``chunk`` passes at a time."""
+    """The whole block as a tensor (output shape + input shape), computed ``chunk`` passes at a time
+    into one preallocated matrix (no concatenation: the peak is the result plus one chunk)."""
     import torch
 
     if block.route is None:
         block.choose(chunks.routes(mode, engine))
     passes = block.passes()
-    parts = []
+    matrix = torch.empty(block.n_out, block.n_in, dtype=block.dtype, device=block.x.device)
+    forward = block.route.mode == "fwd"
     with progress.bar("jacobian (chunks)", passes if passes > chunk else 0) as shown:
         for lo, hi in _ranges(0, passes, chunk):
-            parts.append(block.chunk(lo, hi))
+            part = block.chunk(lo, hi)
+            if forward:
+                matrix[:, lo:hi] = part.T
+            else:
+                matrix[lo:hi] = part
             shown.advance(hi - lo)
-    info = block.info
-    if parts:
-        matrix = torch.cat(parts)
-    else:
-        matrix = torch.zeros(0, block.n_out if block.route.mode == "fwd" else block.n_in, dtype=block.x.dtype)
-    if block.route.mode == "fwd":
-        matrix = matrix.T
-    return matrix.reshape(*info.output_shape, *info.input_shape)
+    return matrix.reshape(*block.info.output_shape, *block.info.input_shape)
 
 
 class Chunked:
