@@ -98,6 +98,10 @@ class BlockJacobian:
             self.fallbacks.append(f"fell back to {self.route.label} ({'; '.join(failures)})")
         return block
 
+    def restart(self) -> None:
+        """Forget the forward pass, so that each whole computation pays for its own (as torch.func's)."""
+        self._pullback = None
+
     def chunk(self, start: int, stop: int) -> Any:
         """Rows ``start:stop`` (reverse: shape (k, n_in)) or columns (forward: (k, n_out), transposed)."""
         return guarded(lambda: self._chunk(self.route, start, stop), "jacobian")

@@ -55,6 +55,8 @@ def in_memory(block: chunks.BlockJacobian, engine: str, mode: str, chunk: int) -
 
     if block.route is None:
         block.choose(chunks.routes(mode, engine))
+    else:  # a steady-state run: from the start, forward pass included
+        block.restart()
     passes = block.passes()
     matrix = torch.empty(block.n_out, block.n_in, dtype=block.dtype, device=block.x.device)
     forward = block.route.mode == "fwd"
