@@ -288,7 +288,14 @@ def _fd_jacobian(f: Callable[..., Any], primals: Sequence[Any], eps: float, flat
     """The whole Jacobian by central differences, one input element (column) at a time."""
     import torch
 
-    return torch.stack([_central(f, primals, d, eps, flat_out) for d in _basis(primals)], dim=1)
+    from jaccli import progress
+
+    columns = []
+    with progress.bar("check --full: finite differences", sum(p.numel() for p in primals)) as shown:
+        for direction in _basis(primals):
+            columns.append(_central(f, primals, direction, eps, flat_out))
+            shown.advance()
+    return torch.stack(columns, dim=1)
 
 
 def _compare(

@@ -8,6 +8,7 @@ on standard error and an exit code. Nothing heavy is imported until a command ru
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from typing import Any, Callable
 
@@ -74,24 +75,40 @@ def _request(command: str, options: dict[str, Any]):
     return Request(command=command, **{k: v for k, v in values.items() if k in known})
 
 
+def _quiet(options: dict[str, Any]) -> bool:
+    """--quiet, or a rank other than 0 under torchrun (rank 0 speaks for all); no progress bars then."""
+    from jaccli import progress
+    from jaccli.distributed import rank
+
+    progress.Switch.quiet = bool(options["quiet"]) or rank() != 0
+    return progress.Switch.quiet
+
+
 def _execute(command: str, options: dict[str, Any]) -> None:
     from jaccli.runner import deliver, run
 
     request = _request(command, options)
+    quiet = _quiet(options)
     stdout = sys.stdout.buffer
     outcome = run(request, stdout=stdout)
     sys.stdout.flush()
     deliver(outcome, request, stdout, sys.stdout)
-    if options["quiet"]:
+    if quiet:
         return
-    from jaccli.render import render_timings, warn_non_finite
+    from jaccli.render import non_finite_line, render_timings, warn_non_finite
 
     for note in outcome.timings.notes:
         click.echo(f"jac: note: {command} {note}", err=True)
     warn_non_finite(sys.stderr, outcome.results)
+    keys = list(outcome.results)
+    if outcome.streamed is not None:
+        streamed = outcome.streamed
+        keys = [streamed.key]
+        if any(streamed.non_finite):
+            size = math.prod(streamed.shape)
+            sys.stderr.write(non_finite_line(streamed.key, *streamed.non_finite, size))
     if request.out not in (None, "-"):
-        keys = ", ".join(outcome.results)
-        click.echo(f"wrote {len(outcome.results)} result(s) ({keys}) to {request.out}", err=True)
+        click.echo(f"wrote {len(keys)} result(s) ({', '.join(keys)}) to {request.out}", err=True)
     if not options["no_timings"]:
         render_timings(sys.stderr, outcome.timings)
 
@@ -320,9 +337,10 @@ def check(**options: Any) -> int:
     from jaccli.runner import deliver_check, run_check
 
     request = _request("check", options)
+    quiet = _quiet(options)
     outcome = run_check(request, stdout=sys.stdout.buffer)
     deliver_check(outcome, request, sys.stdout)
-    if not options["quiet"] and not options["no_timings"]:
+    if not quiet and not options["no_timings"]:
         from jaccli.render import render_timings
 
         render_timings(sys.stderr, outcome.timings)

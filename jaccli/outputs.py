@@ -71,8 +71,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
+        replace_into(tmp, path)
     except BaseException as exc:
         try:
             os.unlink(tmp)
@@ -81,6 +80,12 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
         if isinstance(exc, OSError):
             raise InputError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed") from exc
         raise
+
+
+def replace_into(tmp: str, path: str) -> None:
+    """Rename a finished temporary file over ``path``, keeping an existing file's permissions."""
+    os.chmod(tmp, _mode_for(path))
+    os.replace(tmp, path)
 
 
 def _mode_for(path: str) -> int:

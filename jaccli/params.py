@@ -170,7 +170,8 @@ inputs_and_device = _stack(
         "--max-memory",
         type=SizeType(),
         metavar="SIZE",
-        help="Refuse results larger than SIZE (8G, 512M) before computing [default: 80% of free memory].",
+        help="Memory the results may take (8G, 512M): larger Jacobians are computed in chunks, or "
+        "streamed into -o J.npy; others are refused before computing [default: 80% of free memory].",
     ),
 )
 

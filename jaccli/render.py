@@ -102,6 +102,8 @@ def render_timings(stream: IO[str], timings: Timings) -> None:
     console = console_for(stream)
     console.print(table)
     console.print(footer_line(timings), markup=False)
+    if timings.footer.get("memory"):
+        console.print(timings.footer["memory"], markup=False)
 
 
 def footer_line(timings: Timings) -> str:
@@ -138,9 +140,13 @@ def warn_non_finite(stream: IO[str], results: dict[str, Any]) -> None:
 
     for key, array in results.items():
         if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
-            nan = int(np.isnan(array).sum())
-            inf = int(np.isinf(array).sum())
-            stream.write(f"warning: {key} holds {nan} NaN and {inf} infinite value(s) of {array.size}\n")
+            stream.write(
+                non_finite_line(key, int(np.isnan(array).sum()), int(np.isinf(array).sum()), array.size)
+            )
+
+
+def non_finite_line(key: str, nan: int, inf: int, size: int) -> str:
+    return f"warning: {key} holds {nan} NaN and {inf} infinite value(s) of {size}\n"
 
 
 def render_checks(stream: IO[str], report: Any) -> None:

@@ -73,16 +73,6 @@ ROUTES: dict[str, list[Route]] = {
 FORWARD_ROUTES = ("jvp", "jvp-fwd", "jacfwd", "hessian", "hvp")
 
 
-def _forward_dtype_bug(route: Route, exc: BaseException) -> bool:
-    """A dtype mismatch in forward mode only: the function itself ran with these inputs, so this
-    is forward mode promoting a tangent (pytorch#90065), which reverse mode does not do."""
-    return (
-        (route.engine == "func" or route.command == "jvp-fwd")
-        and route.command in FORWARD_ROUTES
-        and ("dtype" in str(exc).lower())
-    )
-
-
 _WHY = {
     "forward-dtype": "forward mode promoted a dtype (pytorch#90065)",
     "forward": "an operator has no forward-mode formula",
@@ -149,34 +139,17 @@ class Router:
         candidates = self.candidates()
         for n, candidate in enumerate(candidates):
             result = self._attempt(candidate, failures, last=n == len(candidates) - 1)
-            if result is None:
+            if result is FAILED:
                 continue
             self.chosen = candidate
             self._note_fallback(failures)
             return result
         raise AssertionError("no candidate routes")  # ROUTES always has one
 
-    def _attempt(self, candidate: tuple[Route, bool], failures: list[str], last: bool) -> dict | None:
-        """The candidate's result, or None (and a line in ``failures``) when another route may
-        avoid its failure; the function's own errors propagate."""
-        route, loop = candidate
-        try:
-            return self._run(route, loop)
-        except FunctionError:
-            raise
-        except (Exception, SystemExit) as exc:
-            why = failure_reason(exc) if not isinstance(exc, SystemExit) else None
-            if why is None and _forward_dtype_bug(route, exc):
-                why = "forward-dtype"
-            if why is None or last:
-                if failures:
-                    raise FunctionError(
-                        f"{self.command} failed by every route ({'; '.join(failures)}); last, "
-                        f"{route.label} raised {describe(exc)}"
-                    ) from exc
-                guarded(lambda exc=exc: _reraise(exc), self.command)
-            failures.append(f"{route.label}: {_WHY[why]}")
-            return None
+    def _attempt(self, candidate: tuple[Route, bool], failures: list[str], last: bool) -> Any:
+        route = candidate[0]
+        forward = route.command in FORWARD_ROUTES and (route.engine == "func" or route.command == "jvp-fwd")
+        return attempt(self.command, lambda: self._run(*candidate), route.label, forward, failures, last)
 
     def _trial(self) -> dict[str, Any]:
         """Run every route that works once (the warm-up: lazy imports, caches), time each a few
@@ -193,7 +166,7 @@ class Router:
             if working and candidate[0].loop and not self.loop_ok:
                 break
             result = self._attempt(candidate, failures, last=n == len(ordered) - 1 and not working)
-            if result is not None:
+            if result is not FAILED:
                 working.append((candidate, result))
         best = [float("inf")] * len(working)
         if len(working) > 1:
@@ -244,6 +217,59 @@ class Router:
 # them all already took longer than the budget.
 TRIAL_ROUNDS = 3
 TRIAL_BUDGET_S = 0.5
+
+
+FAILED = object()  # what attempt() returns when another route may avoid the failure
+
+
+def attempt(
+    what: str, run: Callable[[], Any], label: str, forward: bool, failures: list[str], last: bool
+) -> Any:
+    """``run()``'s result, or FAILED (and a line in ``failures``) when its failure is one another
+    route may avoid; the function's own errors propagate as FunctionError, and so does any
+    failure of the ``last`` route. ``forward``: the route runs forward mode, whose dtype failures
+    (a tangent promoted by pytorch#90065, which reverse mode does not do) may fall back too."""
+    try:
+        return run()
+    except FunctionError:
+        raise
+    except (Exception, SystemExit) as exc:
+        why = failure_reason(exc) if not isinstance(exc, SystemExit) else None
+        if why is None and forward and "dtype" in str(exc).lower():
+            why = "forward-dtype"
+        if why is None or last:
+            if failures:
+                raise FunctionError(
+                    f"{what} failed by every route ({'; '.join(failures)}); last, "
+                    f"{label} raised {describe(exc)}"
+                ) from exc
+            guarded(lambda exc=exc: _reraise(exc), what)
+        failures.append(f"{label}: {_WHY[why]}")
+        return FAILED
+
+
+def first_working(
+    what: str,
+    candidates: Sequence[Any],
+    run: Callable[[Any], Any],
+    label: Callable[[Any], str],
+    forward: Callable[[Any], bool],
+) -> tuple[Any, Any, list[str]]:
+    """``(candidate, result, failures)`` for the first candidate that runs without a failure
+    another route avoids (see :func:`attempt`)."""
+    failures: list[str] = []
+    for n, candidate in enumerate(candidates):
+        result = attempt(
+            what,
+            lambda candidate=candidate: run(candidate),
+            label(candidate),
+            forward(candidate),
+            failures,
+            n == len(candidates) - 1,
+        )
+        if result is not FAILED:
+            return candidate, result, failures
+    raise AssertionError("no candidate routes")  # every route list has one
 
 
 def _reraise(exc: BaseException) -> None:

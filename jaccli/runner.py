@@ -79,6 +79,7 @@ class Outcome:
     dtypes: dict[str, str]  # per key: the torch dtype computed in (bfloat16 is written as float32)
     timings: Timings
     axes: dict[str, Any] = field(default_factory=dict)  # per Jacobian or Hessian key: pictures.Axes
+    streamed: Any = None  # a jaccli.streaming.Streamed: the result went to its file while computed
 
 
 def output_format(request: Request) -> str:
@@ -114,6 +115,13 @@ def check_request(request: Request, stdout: BinaryIO | None = None) -> None:
 def run(request: Request, stdout: BinaryIO | None = None) -> Outcome:
     """Compute what ``request`` asks; nothing is written (see :func:`deliver`)."""
     check_request(request, stdout)
+    from jaccli import distributed
+
+    if distributed.launched() and request.command not in ("jacfwd", "jacrev", "jacobian"):
+        raise InputError(
+            f"jac {request.command} does not run under torchrun; torchrun shards jacfwd, jacrev and "
+            "jacobian written with -o J.npy"
+        )
     # The user's code may print: keep standard output for results alone.
     with contextlib.redirect_stdout(sys.stderr):
         return _run(request)
@@ -140,12 +148,13 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
 
     from jaccli import arguments, transforms
     from jaccli.devices import place_module, resolve_device, synchronizer
+    from jaccli.distributed import local_device
     from jaccli.inputs import Stdin
     from jaccli.loading import check_call, load_function
     from jaccli.routing import ENGINES
 
     _check_options(request, commands, ENGINES)
-    device = resolve_device(request.device)
+    device = resolve_device(local_device(request.device))
     timings = Timings(sync=synchronizer(device))
     rng = np.random.default_rng(request.seed)
     stdin = Stdin(request.stdin)
@@ -190,13 +199,13 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
 
 
 def _run(request: Request) -> Outcome:
-    from jaccli import arguments, modules, transforms
+    from jaccli import arguments, memory, modules, transforms
     from jaccli.routing import Router, evaluate
 
     command = request.command
     setup = _setup(request, transforms.COMMANDS)
     fn, primals, names, argnums = setup.fn, setup.primals, setup.names, setup.argnums
-    tangents, timings, rng, device = setup.tangents, setup.timings, setup.rng, setup.device
+    tangents, timings, rng = setup.tangents, setup.timings, setup.rng
     batch = request.batch_dim
     with timings.phase("function, first call"):
         output, aux = transforms.call_function(
@@ -219,10 +228,12 @@ def _run(request: Request) -> Outcome:
     if request.plot is not None and not any(math.prod(axes[k].shape) for k in chosen if k in axes):
         kept = f"--select {request.select} keeps" if request.select else "the results hold"
         raise InputError(f"--plot {request.plot}: {kept} no non-empty Jacobian; nothing to draw")
-    _check_memory(command, layout, sample_primals, argnums, primals, batch, request.max_memory)
     from jaccli.outputs import check_count
 
     check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
+    memory_plan, streamable = _plan_memory(
+        request, setup, routed, layout, rename, chosen, sample_primals, output
+    )
     cotangents = None
     if command == "vjp":
         cotangents = arguments.cotangent_tree(setup.cotangent_sources, output, rng, batched=batch is not None)
@@ -230,6 +241,9 @@ def _run(request: Request) -> Outcome:
         wrt = tuple(range(len(primals))) if command in ("jvp", "vjp", "hvp") else _as_tuple(argnums)
         first = [p.select(batch, 0) for p in primals] if batch is not None else primals
         transforms.strict_check(fn, first, wrt, request.has_aux)
+
+    if memory_plan.how == memory.STREAMED:
+        return _stream(request, setup, memory_plan, streamable)
 
     options = {
         "tangents": tangents,
@@ -253,7 +267,12 @@ def _run(request: Request) -> Outcome:
         sync=timings.sync,
     )
     with timings.phase("first call"):
-        tree = router()
+        if memory_plan.how == memory.CHUNKED:
+            router = _chunked(request, setup, memory_plan, layout, aux)
+            tree = router()
+            timings.footer["memory"] = memory_plan.note()
+        else:
+            tree = router()
     choice = _choice(router)
     if choice:
         timings.footer["choice"] = choice
@@ -262,7 +281,8 @@ def _run(request: Request) -> Outcome:
         why = "the faster route timed on the first call" if choice else "the only mode that works here"
         mode_note = f"mode: {name} (--mode auto, {why})"
     timings.notes.extend(router.fallbacks)
-    timings.series("steady-state compute", router, request.repeat, request.warmup)
+    first = timings.get("first call").times[0]
+    timings.series("steady-state compute", router, request.repeat, request.warmup, per_run_s=first)
     timings.series(
         "function alone", lambda: evaluate(fn, primals, batch, request.engine), request.repeat, request.warmup
     )
@@ -281,50 +301,114 @@ def _run(request: Request) -> Outcome:
             ]
         notes = _notes(layout, rename, results, request.flatten, batch, mode_note)
 
-    import torch
-
     if mode_note:
         timings.footer["mode"] = mode_note
-    timings.footer.update(
-        command=command,
-        engine=router.label,
-        device=str(device),
-        dtype=str(primals[0].dtype).replace("torch.", ""),
-        torch=str(torch.__version__),
-        cost_ratio=timings.ratio("steady-state compute", "function alone"),
-    )
+    _footer(timings, command, router.label, setup)
     return Outcome(results, notes, dtypes, timings, {k: a for k, a in axes.items() if k in results})
 
 
-def _check_memory(command, layout, sample_primals, argnums, primals, batch, limit) -> None:
-    """Refuse a Jacobian or Hessian larger than the memory allowed, before computing any of it."""
-    from jaccli.errors import human_size
-    from jaccli.inputs import available_memory
+def _footer(timings: Timings, command: str, engine: str, setup: Setup) -> None:
+    import torch
 
-    itemsize = primals[0].element_size()
-    samples = primals[0].shape[batch] if batch is not None else 1
-    blocks = []
-    for key, info in layout:
-        if info is not None:
-            blocks.append((key, (samples, *info.output_shape, *info.input_shape)))
-        elif key.startswith("hessian"):
-            args = _as_tuple(argnums)
-            i, j = (int(p) for p in key.split(".")[1:]) if "." in key else (0, 0)
-            shape = (samples, *sample_primals[args[i]].shape, *sample_primals[args[j]].shape)
-            blocks.append((key, shape))
-    total = sum(math.prod(shape) for _, shape in blocks) * itemsize
-    allowed = limit if limit is not None else int(0.8 * available_memory())
-    if total <= allowed:
-        return
-    key, shape = max(blocks, key=lambda b: math.prod(b[1]))
-    shown = shape if batch is not None else shape[1:]
-    where = "--max-memory" if limit is not None else "80% of the memory free now"
-    raise InputError(
-        f"the {command} results would take {human_size(total)} ({key} alone has shape {tuple(shown)}), "
-        f"more than {where} ({human_size(allowed)}): compute fewer blocks with --argnums or "
-        "--select, use --chunk-size to lower the peak if it only just fits, ask for J.v (jac jvp) or "
-        "u^T.J (jac vjp) instead, or raise --max-memory"
+    timings.footer.update(
+        command=command,
+        engine=engine,
+        device=str(setup.device),
+        dtype=str(setup.primals[0].dtype).replace("torch.", ""),
+        torch=str(torch.__version__),
+        cost_ratio=timings.ratio("steady-state compute", "function alone"),
     )
+
+
+def _plan_memory(request, setup, routed, layout, rename, chosen, sample_primals, output) -> tuple:
+    """At once, in chunks or streamed (see :mod:`jaccli.memory`), and the block a stream would write
+    (named by its key in the results)."""
+    from jaccli import distributed, memory
+
+    batch, primals = request.batch_dim, setup.primals
+    samples = primals[0].shape[batch] if batch is not None else 1
+    found = memory.blocks(layout, sample_primals, setup.argnums, samples)
+    streamable = None
+    if output_format(request) == "npy" and request.out not in (None, "-") and batch is None:
+        streamable = next((b for b in found if b.info is not None and rename(b.key) == chosen[0]), None)
+        streamable = replace(streamable, key=chosen[0]) if streamable else None
+    itemsize = max([primals[0].element_size()] + [t.element_size() for _, t in trees.leaves(output)])
+    mode = "fwd" if routed == "jacfwd" else "rev"
+    requested = {"jacfwd": "fwd", "jacrev": "rev"}.get(request.command, request.mode)
+    plan = memory.plan(
+        request.command,
+        found,
+        itemsize,
+        mode,
+        request.max_memory,
+        request.chunk_size,
+        streamable,
+        stream_as=requested,
+        distributed=distributed.launched(),
+    )
+    if plan.how == memory.STREAMED and distributed.rank() == 0:
+        from jaccli.npyfile import check_room
+
+        check_room(request.out, math.prod(streamable.shape) * itemsize)
+    return plan, streamable
+
+
+def _chunked(request: Request, setup: Setup, plan: Any, layout: list, aux: Any) -> Any:
+    """The stand-in router computing every Jacobian block in chunks of ``plan.chunk`` passes."""
+    from jaccli.chunks import BlockJacobian
+    from jaccli.streaming import Chunked
+
+    blocks = {
+        key: BlockJacobian(setup.fn, setup.primals, info, request.has_aux, request.randomness)
+        for key, info in layout
+        if info is not None
+    }
+    aux_leaves = dict(trees.leaves(aux, "aux")) if request.has_aux else {}
+    return Chunked(blocks, aux_leaves, request.engine, plan.mode, plan.chunk)
+
+
+def _stream(request: Request, setup: Setup, plan: Any, block: Any) -> Outcome:
+    """Compute one Jacobian block straight into ``-o PATH.npy``, a chunk at a time (no repeats:
+    each would recompute and rewrite the whole result), sharded over ranks under torchrun."""
+    from jaccli import distributed
+    from jaccli.chunks import BlockJacobian
+    from jaccli.routing import evaluate
+    from jaccli.streaming import to_file
+    from jaccli.timing import Phase
+
+    timings, info = setup.timings, block.info
+    shape = info.matrix_shape if request.flatten else (*info.output_shape, *info.input_shape)
+    jacobian = BlockJacobian(setup.fn, setup.primals, info, request.has_aux, request.randomness)
+    session = distributed.start(setup.device) if distributed.launched() else distributed.Single()
+    try:
+        report = to_file(
+            jacobian,
+            block.key,
+            request.out,
+            shape,
+            request.engine,
+            plan.mode,
+            plan.chunk,
+            session,
+            timings.sync,
+        )
+    finally:
+        session.close()
+    timings.notes.extend(report.fallbacks)
+    timings.phases.append(Phase("steady-state compute", [report.compute_s], is_series=True))
+    timings.series(
+        "function alone",
+        lambda: evaluate(setup.fn, setup.primals, None, request.engine),
+        request.repeat,
+        request.warmup,
+    )
+    timings.phases.append(Phase("write", [report.write_s]))
+    ranks = f"; {session.world} ranks, the times are rank 0's share" if session.world > 1 else ""
+    timings.footer["memory"] = (
+        f"{plan.note(request.out)}; steady-state compute is that one run, not repeated{ranks}"
+    )
+    _footer(timings, request.command, report.label, setup)
+    return Outcome({}, {}, {report.key: report.dtype}, timings, streamed=report)
 
 
 def _check_options(request: Request, commands: tuple[str, ...], engines: tuple[str, ...]) -> None:
@@ -529,9 +613,14 @@ def _to_host(value: Any, key: str) -> tuple[Any, str]:
 def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: IO[str]) -> None:
     """Write the results where the request says (timed as the 'write' phase)."""
     from jaccli import outputs
+    from jaccli.distributed import rank
     from jaccli.render import render_text
 
     fmt = output_format(request)
+    if outcome.streamed is not None:  # written while computed (its write is timed already)
+        if rank() == 0:
+            _write_timings(outcome.timings, request)
+        return
     with outcome.timings.phase("write"):
         if request.out is not None and request.out != "-":
             outputs.write_results(request.out, fmt, outcome.results)

@@ -54,22 +54,45 @@ class Timings:
             self.sync()
             self.phases.append(Phase(name, [time.perf_counter() - start]))
 
-    def series(self, name: str, fn: Callable[[], Any], repeat: int | None, warmup: int | None) -> Phase:
+    def series(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        repeat: int | None,
+        warmup: int | None,
+        per_run_s: float | None = None,
+    ) -> Phase:
         """Run ``fn`` ``warmup`` times untimed, then ``repeat`` times timed.
 
         ``repeat=None`` means up to DEFAULT_REPEAT runs within AUTO_BUDGET_S (at least one).
+        ``per_run_s`` (what one run took before, if known) decides whether the series is long
+        enough to deserve a progress bar on a terminal.
         """
+        from jaccli import progress
+
         budget = None if repeat is not None else AUTO_BUDGET_S
         repeat = DEFAULT_REPEAT if repeat is None else repeat
         warmup = DEFAULT_WARMUP if warmup is None else warmup
         if repeat == 0:
             warmup = 0  # nothing to time, so nothing to warm up for
+        runs = warmup + repeat
+        long = per_run_s is not None and per_run_s * runs > progress.LONG_S
+        with progress.bar(name, runs if long else 0) as shown:
+            times = self._runs(fn, warmup, repeat, budget, shown)
+        phase = Phase(name, times, is_series=True)
+        self.phases.append(phase)
+        return phase
+
+    def _runs(
+        self, fn: Callable[[], Any], warmup: int, repeat: int, budget: float | None, shown: Any
+    ) -> list:
         spent = 0.0
         for _ in range(warmup):
             start = time.perf_counter()
             fn()
             self.sync()
             spent += time.perf_counter() - start
+            shown.advance()
             if budget is not None and spent > budget:
                 break
         times: list[float] = []
@@ -80,11 +103,10 @@ class Timings:
             self.sync()
             times.append(time.perf_counter() - start)
             spent += times[-1]
+            shown.advance()
             if budget is not None and spent > budget:
                 break
-        phase = Phase(name, times, is_series=True)
-        self.phases.append(phase)
-        return phase
+        return times
 
     def get(self, name: str) -> Phase | None:
         return next((p for p in self.phases if p.name == name), None)
