@@ -473,7 +473,7 @@ def test_jacobian_batch_dim(mod, workdir, mode, dim):
     expected = torch.stack([tf.jacrev(mod.mlp_like)(s) for s in samples])
     close(res["jacobian"], expected)
     assert_no_fallback(run)
-    assert _ROUTE[_stated_mode(footer(run))] in footer(run), run
+    assert_route(footer(run), _stated_mode(footer(run)))
 
 
 # --- 2. jac hessian, jac hvp ---------------------------------------------------------------

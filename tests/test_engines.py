@@ -207,3 +207,29 @@ def test_trial_times_every_route_and_keeps_the_fastest(tmp_path, monkeypatch):
         outcome, Request("jvp", "m:mlp", timings_path=str(timings), out=str(tmp_path / "r.npz")), None, None
     )
     assert json.loads(timings.read_text())["choice"] == choice
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+@pytest.mark.parametrize("command", ["jvp", "vjp", "jacrev", "jacfwd"])
+def test_steady_state_kernels_repeat_their_route(name, command):
+    """The stripped kernels the steady state runs give their route's tree, dtypes included."""
+    from jaccli import kernels, trees
+
+    f, shape = FUNCTIONS[name]
+    x, v, u = inputs(shape, f)
+    options = {"tangents": (v,), "cotangents": u, "argnums": 0, "has_aux": False}
+    expected = reference("jacrev" if command == "jacfwd" else command, f, x, v, u)
+    prepared = 0
+    for route in ROUTES[command]:
+        tree = Router(command, "auto", f, [x], options, chosen=(route, False))()
+        kernel = kernels.prepare(route, f, [x], options, tree)
+        if kernel is None:
+            continue
+        prepared += 1
+        again = dict(trees.leaves(kernel()))
+        for key, value in trees.leaves(tree):
+            assert again[key].dtype == value.dtype, (route.label, key)
+            close(again[key], value)
+        for key, value in expected.items():
+            close(again[key], value)
+    assert prepared >= 1

@@ -1,0 +1,190 @@
+"""Steady-state kernels: a chosen route again, with the generality stripped out.
+
+The routes in :mod:`jaccli.routing` handle every case (trees of outputs, aux, several argnums,
+per-sample batches, dtype quirks) and so pay for it on each call: on a small function that
+bookkeeping costs as much as the derivative. Once the first call has found the route and
+its result, :func:`prepare` returns a closure doing only what the plain torch code would do,
+for the common case: every primal a tensor, a single-tensor output, no aux, no batch
+dimension, one argnum. For anything else it returns None and the route runs as it is.
+
+Each kernel returns the same tree as its route, with the same numbers: the tests compare them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Sequence
+
+# torch.autograd.grad checks grad_outputs' shapes with torch.fx's symbolic shapes, whose first
+# use imports sympy (about a second); once it is loaded, passing cotangents as grad_outputs is
+# the cheapest way (see engines._grad for the way around it before then).
+_SYMBOLIC = "torch.fx.experimental.symbolic_shapes"
+
+
+def prepare(route: Any, func: Callable[..., Any], primals: Sequence[Any], options: dict, first: dict) -> Any:
+    """A zero-argument callable giving ``first``'s tree anew, or None where none applies."""
+    import torch
+
+    if options.get("has_aux") or not all(isinstance(p, torch.Tensor) for p in primals):
+        return None
+    output = first.get("output")
+    if output is None and "jacobian" in first:
+        output = func(*primals)
+    if not isinstance(output, torch.Tensor):
+        return None
+    make = _KERNELS.get((route.command, route.engine))
+    return make(func, list(primals), options, first) if make else None
+
+
+def _leaves(primals: Sequence[Any]) -> list:
+    return [p.detach().requires_grad_() for p in primals]
+
+
+def _grads(output: Any, inputs: list, cotangent: Any, create_graph: bool = False) -> list:
+    import torch
+
+    if cotangent is not None and _SYMBOLIC not in sys.modules:
+        output, cotangent = (output * cotangent).sum(), None  # the same numbers (engines._grad)
+    grads = torch.autograd.grad(
+        output, inputs, cotangent, retain_graph=create_graph, create_graph=create_graph, allow_unused=True
+    )
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+def _cast(first: Any) -> Callable[[Any], Any]:
+    """Forward mode may widen a dtype (pytorch#90065): cast to what the first call settled on."""
+    dtype = first.dtype
+    return lambda t: t if t.dtype == dtype else t.to(dtype)
+
+
+def _jvp_func(func, primals, options, first):
+    import torch.func as tf
+
+    tangents, cast = tuple(options["tangents"]), _cast(first["jvp"])
+
+    def kernel():
+        output, product = tf.jvp(func, tuple(primals), tangents)
+        return {"output": output, "jvp": cast(product)}
+
+    return kernel
+
+
+def _jvp_forward(func, primals, options, first):
+    import torch
+    import torch.autograd.forward_ad as fwad
+
+    tangents, cast = list(options["tangents"]), _cast(first["jvp"])
+
+    def kernel():
+        with fwad.dual_level():
+            output, product = fwad.unpack_dual(func(*map(fwad.make_dual, primals, tangents)))
+        return {"output": output, "jvp": cast(torch.zeros_like(output) if product is None else product)}
+
+    return kernel
+
+
+def _jvp_double_backward(func, primals, options, first):
+    import torch
+
+    inputs, tangents = _leaves(primals), list(options["tangents"])
+
+    def kernel():
+        with torch.enable_grad():
+            output = func(*inputs)
+            dummy = torch.zeros_like(output, requires_grad=True)
+            transposed = _grads(output, inputs, dummy, create_graph=True)  # Jᵀu, linear in u
+            used = [(g, v) for g, v in zip(transposed, tangents) if g.requires_grad]
+            if used:
+                total = sum((g * v).sum() for g, v in used)
+                (product,) = torch.autograd.grad(total, dummy, allow_unused=True)
+            else:
+                product = None
+        product = torch.zeros_like(output) if product is None else product
+        return {"output": output.detach(), "jvp": product.detach()}
+
+    return kernel
+
+
+def _vjp_func(func, primals, options, first):
+    import torch.func as tf
+
+    cotangent = options["cotangents"]
+
+    def kernel():
+        output, pullback = tf.vjp(func, *primals)
+        return {"output": output, "vjp": tuple(pullback(cotangent))}
+
+    return kernel
+
+
+def _vjp_autograd(func, primals, options, first):
+    import torch
+
+    inputs, cotangent = _leaves(primals), options["cotangents"]
+    if not isinstance(cotangent, torch.Tensor):
+        return None
+
+    def kernel():
+        with torch.enable_grad():
+            output = func(*inputs)
+        grads = _grads(output, inputs, cotangent)
+        return {"output": output.detach(), "vjp": tuple(grads)}
+
+    return kernel
+
+
+def _jacobian_func(transform_name: str):
+    def make(func, primals, options, first):
+        import torch.func as tf
+
+        argnums = options.get("argnums", 0)
+        if not isinstance(argnums, int):
+            return None
+        if transform_name == "jacrev":
+            transform = tf.jacrev(func, argnums=argnums, chunk_size=options.get("chunk_size"))
+        else:
+            transform = tf.jacfwd(func, argnums=argnums, randomness=options.get("randomness", "error"))
+        cast = _cast(first["jacobian"])
+        return lambda: {"jacobian": cast(transform(*primals))}
+
+    return make
+
+
+def _jacobian_rows(func, primals, options, first):
+    """One reverse pass per output element, as torch.autograd.functional.jacobian does."""
+    import torch
+
+    argnums = options.get("argnums", 0)
+    if not isinstance(argnums, int):
+        return None
+    inputs = [p.detach().requires_grad_(i == argnums) for i, p in enumerate(primals)]
+    x = inputs[argnums]
+
+    def kernel():
+        with torch.enable_grad():
+            output = func(*inputs)
+        if not output.requires_grad:
+            return {"jacobian": torch.zeros(output.shape + x.shape, dtype=output.dtype, device=output.device)}
+        flat = output.reshape(-1)
+        rows = [
+            torch.autograd.grad(flat[k], x, retain_graph=True, allow_unused=True)[0]
+            for k in range(flat.numel())
+        ]
+        rows = [torch.zeros_like(x) if r is None else r for r in rows]
+        if len(rows) == 1:
+            return {"jacobian": rows[0].reshape(output.shape + x.shape)}
+        return {"jacobian": torch.stack(rows).reshape(output.shape + x.shape)}
+
+    return kernel
+
+
+_KERNELS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("jvp", "func"): _jvp_func,
+    ("jvp-fwd", "autograd"): _jvp_forward,
+    ("jvp", "autograd"): _jvp_double_backward,
+    ("vjp", "func"): _vjp_func,
+    ("vjp", "autograd"): _vjp_autograd,
+    ("jacrev", "func"): _jacobian_func("jacrev"),
+    ("jacfwd", "func"): _jacobian_func("jacfwd"),
+    ("jacrev", "autograd"): _jacobian_rows,
+}
