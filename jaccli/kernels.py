@@ -163,8 +163,9 @@ def _jacobian_rows(func, primals, options, first):
     def kernel():
         with torch.enable_grad():
             output = func(*inputs)
-        if not output.requires_grad:
-            return {"jacobian": torch.zeros(output.shape + x.shape, dtype=output.dtype, device=output.device)}
+        if not output.requires_grad or output.numel() == 0 or x.numel() == 0:
+            zeros = torch.zeros(output.shape + x.shape, dtype=first["jacobian"].dtype, device=output.device)
+            return {"jacobian": zeros}
         flat = output.reshape(-1)
         rows = [
             torch.autograd.grad(flat[k], x, retain_graph=True, allow_unused=True)[0]

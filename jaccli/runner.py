@@ -542,7 +542,7 @@ def _choice(router) -> str | None:
     """What a trial measured, for the timing table's footer."""
     from jaccli.render import duration
 
-    if not router.timed:
+    if not getattr(router, "timed", None):  # only a Router's trial times routes
         return None
     return "fastest on the first call of " + ", ".join(f"{k} {duration(t)}" for k, t in router.timed.items())
 
