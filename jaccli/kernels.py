@@ -94,11 +94,13 @@ def _jvp_double_backward(func, primals, options, first):
             dummy = torch.zeros_like(output, requires_grad=True)
             transposed = _grads(output, inputs, dummy, create_graph=True)  # Jᵀu, linear in u
             used = [(g, v) for g, v in zip(transposed, tangents) if g.requires_grad]
-            if used:
+            product = None
+            if used and _SYMBOLIC in sys.modules:
+                grads, vs = zip(*used)
+                (product,) = torch.autograd.grad(grads, dummy, vs, allow_unused=True)
+            elif used:
                 total = sum((g * v).sum() for g, v in used)
                 (product,) = torch.autograd.grad(total, dummy, allow_unused=True)
-            else:
-                product = None
         product = torch.zeros_like(output) if product is None else product
         return {"output": output.detach(), "jvp": product.detach()}
 
@@ -166,14 +168,16 @@ def _jacobian_rows(func, primals, options, first):
         if not output.requires_grad or output.numel() == 0 or x.numel() == 0:
             zeros = torch.zeros(output.shape + x.shape, dtype=first["jacobian"].dtype, device=output.device)
             return {"jacobian": zeros}
+        if output.numel() == 1:  # a gradient: one pass, no indexing
+            (row,) = torch.autograd.grad(output.reshape(()), x, allow_unused=True)
+            row = torch.zeros_like(x) if row is None else row
+            return {"jacobian": row.reshape(output.shape + x.shape)}
         flat = output.reshape(-1)
         rows = [
             torch.autograd.grad(flat[k], x, retain_graph=True, allow_unused=True)[0]
             for k in range(flat.numel())
         ]
         rows = [torch.zeros_like(x) if r is None else r for r in rows]
-        if len(rows) == 1:
-            return {"jacobian": rows[0].reshape(output.shape + x.shape)}
         return {"jacobian": torch.stack(rows).reshape(output.shape + x.shape)}
 
     return kernel

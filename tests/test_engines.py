@@ -209,11 +209,18 @@ def test_trial_times_every_route_and_keeps_the_fastest(tmp_path, monkeypatch):
     assert json.loads(timings.read_text())["choice"] == choice
 
 
+@pytest.mark.parametrize("grad_outputs", [True, False], ids=["grad-outputs", "sum-trick"])
 @pytest.mark.parametrize("name", list(FUNCTIONS))
 @pytest.mark.parametrize("command", ["jvp", "vjp", "jacrev", "jacfwd"])
-def test_steady_state_kernels_repeat_their_route(name, command):
-    """The stripped kernels the steady state runs give their route's tree, dtypes included."""
+def test_steady_state_kernels_repeat_their_route(name, command, grad_outputs, monkeypatch):
+    """The stripped kernels the steady state runs give their route's tree, dtypes included,
+    whether cotangents go in as grad_outputs (once sympy is loaded) or as a scalar product."""
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401
+
     from jaccli import kernels, trees
+
+    if not grad_outputs:
+        monkeypatch.setattr(kernels, "_SYMBOLIC", "jaccli.a_module_never_loaded")
 
     f, shape = FUNCTIONS[name]
     x, v, u = inputs(shape, f)
