@@ -76,34 +76,33 @@ def render_text(
 
 
 def render_timings(stream: IO[str], timings: Timings) -> None:
-    from rich.table import Table
-
-    table = Table(title=None, box=None, padding=(0, 2), show_edge=False, header_style="bold")
-    table.add_column("phase")
-    table.add_column("time", justify="right")
-    table.add_column("min", justify="right")
-    table.add_column("max", justify="right")
-    table.add_column("runs", justify="right")
+    """The timing table, in plain text: formatted by hand rather than by rich, whose import
+    costs more than a one-shot run's derivative (benchmarks/run.py oneshot)."""
+    rows = [("phase", "time", "min", "max", "runs")]
     for phase in timings.phases:
-        if phase.is_series:
-            stats = phase.stats()
-            if stats is None:
-                table.add_row(phase.name, "-", "", "", "0")
-                continue
-            table.add_row(
-                phase.name,
-                duration(stats["median"]) + " median",
-                duration(stats["min"]),
-                duration(stats["max"]),
-                str(len(phase.times)),
+        stats = phase.stats() if phase.is_series else None
+        if phase.is_series and stats is None:
+            rows.append((phase.name, "-", "", "", "0"))
+        elif phase.is_series:
+            rows.append(
+                (
+                    phase.name,
+                    duration(stats["median"]) + " median",
+                    duration(stats["min"]),
+                    duration(stats["max"]),
+                    str(len(phase.times)),
+                )
             )
         else:
-            table.add_row(phase.name, duration(phase.times[0]), "", "", "")
-    console = console_for(stream)
-    console.print(table)
-    console.print(footer_line(timings), markup=False)
+            rows.append((phase.name, duration(phase.times[0]), "", "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+        stream.write("  " + "    ".join(cells) + "  \n")
+    stream.write(footer_line(timings) + "\n")
     if timings.footer.get("memory"):
-        console.print(timings.footer["memory"], markup=False)
+        stream.write(timings.footer["memory"] + "\n")
+    stream.flush()
 
 
 def footer_line(timings: Timings) -> str:
