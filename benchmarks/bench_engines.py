@@ -52,11 +52,12 @@ def _imports(args: list[str]) -> list[str]:
             f"    main({args!r})",
             "except SystemExit:",
             "    pass",
-            "print(','.join(m for m in ('torch', 'numpy') if m in sys.modules), file=sys.stderr)",
+            "print('MODULES:' + ','.join(m for m in ('torch', 'numpy') if m in sys.modules), file=sys.stderr)",
         ]
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    return [m for m in proc.stderr.strip().splitlines()[-1].split(",") if m]
+    found = [line for line in proc.stderr.splitlines() if line.startswith("MODULES:")]
+    return [m for m in found[-1][len("MODULES:") :].split(",") if m]
 
 
 def section_help(quick: bool) -> list[dict]:
