@@ -55,6 +55,7 @@ class Request:
     engine: str = "auto"  # auto, func, autograd
     mode: str = "auto"  # jacobian: auto, fwd, rev
     batch_dim: int | None = None
+    compile: bool = False  # trace the transform once and compile it with TorchInductor (jaccli.compiled)
     wrt: str = "inputs"  # inputs, params
     state: str | None = None  # parameters for an nn.Module FUNC: .pt (weights only) or .npz
     max_memory: int | None = None  # bytes the results may take (None: 80% of what is free)
@@ -243,7 +244,12 @@ def _run(request: Request) -> Outcome:
             router = router_for(routed)
             tree = router()
     timings.notes.extend(router.fallbacks)
-    timings.series("steady-state compute", router, request.repeat, request.warmup)
+    steady, engine = router, router.label
+    if request.compile:
+        from jaccli.compiled import compile_router
+
+        steady, tree, engine = compile_router(router, tree, timings)
+    timings.series("steady-state compute", steady, request.repeat, request.warmup)
     timings.series(
         "function alone", lambda: evaluate(fn, primals, batch, request.engine), request.repeat, request.warmup
     )
@@ -268,7 +274,7 @@ def _run(request: Request) -> Outcome:
         timings.footer["mode"] = mode_note
     timings.footer.update(
         command=command,
-        engine=router.label,
+        engine=engine,
         device=str(device),
         dtype=str(primals[0].dtype).replace("torch.", ""),
         torch=str(torch.__version__),
