@@ -71,27 +71,51 @@ def _compile(router: Any) -> Callable[[], Any]:
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.utils._pytree import tree_flatten, tree_unflatten
 
-    # Every tensor the transform reads becomes a graph input, so none is baked in as a constant.
+    # Every tensor the transform reads becomes a graph input, so none is baked in as a constant;
+    # detached, because the graph computes the derivatives itself (see _detach_constants).
     extra = {k: router.options[k] for k in ("tangents", "cotangents") if router.options.get(k) is not None}
-    inputs, in_spec = tree_flatten((list(router.primals), extra))
-    out_specs = []
+    leaves, in_spec = tree_flatten((list(router.primals), extra))
+    inputs = [leaf.detach() for leaf in leaves]
+    structure = []
 
-    def flat(*leaves: Any) -> list[Any]:
-        primals, given = tree_unflatten(list(leaves), in_spec)
-        results, spec = tree_flatten(router.run_chosen(primals, {**router.options, **given}))
-        out_specs.append(spec)
-        return results
+    def flat(*args: Any) -> list[Any]:
+        primals, given = tree_unflatten(list(args), in_spec)
+        tree = router.run_chosen(primals, {**router.options, **given})
+        structure.append(tree)
+        return [leaf for _, leaf in trees.leaves(tree)]
 
-    functional = torch.func.functionalize(flat, remove="mutations_and_views")
+    functional = torch.func.functionalize(flat, remove="mutations")  # views stay: Inductor fuses them
     graph = make_fx(functional, decomposition_table=select_decomp_table())(*inputs)
     _drop_dead_code(graph)
+    _detach_constants(graph)
     compiled = compile_fx_inner(graph, inputs, is_inference=True)
-    out_spec = out_specs[-1]
+    rebuild = trees.rebuilder(structure[-1])
+    first = True
 
     def call() -> Any:
-        return tree_unflatten(list(compiled(list(inputs))), out_spec)  # it empties the list it gets
+        nonlocal first
+        if first:  # the wrapper's first call finishes Inductor's bookkeeping (its autotune cache)
+            first = False
+            return rebuild(compiled(list(inputs)))  # it empties the list it is given
+        # Later calls go straight to the generated code: the wrapper only adds debug hooks.
+        return rebuild(run_graph(list(inputs)))
 
+    run_graph = getattr(compiled, "current_callable", None) or compiled
     return call
+
+
+def _detach_constants(graph: Any) -> None:
+    """A module's parameters enter the traced graph as constants that still require grad;
+    nothing records autograd history in the compiled graph, and Inductor's out= kernels
+    refuse such tensors, so they become plain buffers."""
+    import torch
+
+    for node in graph.graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(graph, node.target)
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                delattr(graph, node.target)
+                graph.register_buffer(node.target, value.detach())
 
 
 def _first_sentence(text: str, limit: int = 160) -> str:
@@ -108,7 +132,11 @@ def _drop_dead_code(graph: Any) -> None:
     import torch
 
     for node in reversed(list(graph.graph.nodes)):
-        if node.op == "call_function" and not node.users and not isinstance(node.meta.get("val"), torch.Tensor):
+        if (
+            node.op == "call_function"
+            and not node.users
+            and not isinstance(node.meta.get("val"), torch.Tensor)
+        ):
             graph.graph.erase_node(node)
     graph.graph.eliminate_dead_code()
     graph.recompile()

@@ -7,13 +7,14 @@ comparisons can be tight: rtol 1e-10).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
 import torch.func as TF
-from conftest import jac, write_module
+from conftest import EXAMPLES, jac, write_module
 
 from jaccli import Request, run
 
@@ -69,36 +70,33 @@ def test_compiled_equals_uncompiled_equals_torch_func(command):
     assert "compile" not in [p.name for p in plain.timings.phases]
 
 
-def test_cli_compile_shows_its_phase_in_the_table_and_the_timings_file(workdir):
-    write_module(
-        workdir,
-        "fields",
-        """
-        import torch
-
-        def f(x):
-            return torch.cos(x) * x.prod()
-        """,
-    )
-    x = np.array([0.3, -1.2, 2.0, 0.7])
-    np.save("x.npy", x)
+def test_cli_compile_of_a_module_shows_its_phase_in_the_table_and_the_timings_file(tmp_path):
+    # An nn.Module: its parameters enter the compiled graph as constants that require grad.
+    x = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    np.save(tmp_path / "x.npy", x)
     result = jac(
-        "jvp", "fields:f", "-p", "x.npy", "-t", "ones", "--compile", "--repeat", "3",
-        "-o", "out.npz", "--timings", "t.json",
+        "jvp", f"{EXAMPLES}/mlp.py:model()", "-p", str(tmp_path / "x.npy"), "-t", "ones", "--dtype",
+        "float64", "--compile", "--repeat", "3", "-o", str(tmp_path / "out.npz"), "--timings",
+        str(tmp_path / "t.json"),
     )  # fmt: skip
     assert result.code == 0, result
     lines = result.stderr.splitlines()
     assert any(line.split()[:1] == ["compile"] for line in lines), result
     assert "via torch.func.jvp, compiled by TorchInductor" in lines[-1]
     assert "note" not in result.stderr
-    doc = json.loads((workdir / "t.json").read_text())
+    doc = json.loads((tmp_path / "t.json").read_text())
     phases = {p["phase"]: p for p in doc["phases"]}
     assert phases["compile"]["seconds"] > 0 and phases["steady-state compute"]["runs"] == 3
     assert doc["engine"] == "torch.func.jvp, compiled by TorchInductor"
+    spec = importlib.util.spec_from_file_location("mlp_for_compile", EXAMPLES / "mlp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.model().double()
     tx = torch.from_numpy(x)
-    want = TF.jvp(lambda t: torch.cos(t) * t.prod(), (tx,), (torch.ones_like(tx),))[1]
-    with np.load(workdir / "out.npz") as z:
-        np.testing.assert_allclose(z["jvp"], want.numpy(), **TIGHT)
+    want = TF.jvp(model, (tx,), (torch.ones_like(tx),))
+    with np.load(tmp_path / "out.npz") as z:
+        np.testing.assert_allclose(z["output"], want[0].detach().numpy(), **TIGHT)
+        np.testing.assert_allclose(z["jvp"], want[1].detach().numpy(), **TIGHT)
 
 
 def test_a_function_that_cannot_be_traced_falls_back_with_a_note(workdir):
