@@ -65,9 +65,8 @@ def _mlp_jax(model: Any) -> Callable[[Any], Any]:
 
 def cases() -> list[dict]:
     """Each case: jac's Request arguments and, when jax is there, the jitted JAX twin."""
-    import torch
-
     import bench_functions
+    import torch
 
     torch.manual_seed(1)
     x = torch.randn(1000)

@@ -86,6 +86,7 @@ def _compile(router: Any) -> Callable[[], Any]:
 
     functional = torch.func.functionalize(flat, remove="mutations")  # views stay: Inductor fuses them
     graph = make_fx(functional, decomposition_table=select_decomp_table())(*inputs)
+    _drop_zero_terms(graph)
     _drop_dead_code(graph)
     _detach_constants(graph)
     compiled = compile_fx_inner(graph, inputs, is_inference=True)
@@ -102,6 +103,77 @@ def _compile(router: Any) -> Callable[[], Any]:
 
     run_graph = getattr(compiled, "current_callable", None) or compiled
     return call
+
+
+def _zero_ops() -> tuple[set, set, set]:
+    """aten ops by how a zero operand passes through them (see :func:`_drop_zero_terms`)."""
+    import torch
+
+    aten, prims = torch.ops.aten, torch.ops.prims
+    sources = {aten.full.default, aten.zeros.default, aten._efficientzerotensor.default}
+    # zero in the first operand gives a zero result
+    keeping = {
+        aten.expand.default, aten.view.default, aten.reshape.default, aten.permute.default,
+        aten.t.default, aten.transpose.int, aten.alias.default, aten.clone.default,
+        aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.default, aten.slice.Tensor,
+        aten.select.int, aten.neg.default, aten._to_copy.default, prims.convert_element_type.default,
+        aten.sum.default, aten.sum.dim_IntList, aten.div.Tensor,
+    }  # fmt: skip
+    products = {aten.mm.default, aten.bmm.default, aten.mv.default, aten.mul.Tensor}  # zero in any
+    return sources, keeping, products
+
+
+def _drop_zero_terms(graph: Any) -> None:
+    """Fold away the zeros forward mode traces for tensors it does not differentiate.
+
+    Eager forward mode gives a module's weights "efficient zero" tangents and skips the
+    arithmetic on them (x @ 0, y + 0); a traced graph holds them as real zeros and real
+    matmuls, which made a compiled MLP jvp twice as slow as the uncompiled one. A product with
+    a zero is a zero, and adding a zero is the other operand, as eager torch treats them.
+    """
+    import torch
+
+    sources, keeping, products = _zero_ops()
+    add, sub = torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor
+    zeros: set = set()
+
+    def zero(node: Any) -> bool:
+        return isinstance(node, torch.fx.Node) and node in zeros
+
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function":
+            continue
+        value = node.meta.get("val")
+        args, target = node.args, node.target
+        if target in sources:
+            if target is not torch.ops.aten.full.default or args[1] == 0:
+                zeros.add(node)
+            continue
+        if not isinstance(value, torch.Tensor):
+            continue
+        if (target in keeping and zero(args[0])) or (target in products and any(map(zero, args))):
+            with graph.graph.inserting_before(node):
+                filled = graph.graph.call_function(
+                    torch.ops.aten.full.default,
+                    (list(value.shape), 0),
+                    {"dtype": value.dtype, "device": value.device},
+                )
+            filled.meta["val"] = value
+            node.replace_all_uses_with(filled)
+            zeros.add(filled)
+        elif target in (add, sub) and len(args) == 2 and not node.kwargs and zero(args[1]):
+            _replace_if_same(node, args[0], value)
+        elif target is add and len(args) == 2 and not node.kwargs and zero(args[0]):
+            _replace_if_same(node, args[1], value)
+
+
+def _replace_if_same(node: Any, other: Any, value: Any) -> None:
+    """``node`` (x + 0) becomes ``other`` (x) where that changes neither shape nor dtype."""
+    import torch
+
+    kept = other.meta.get("val") if isinstance(other, torch.fx.Node) else None
+    if isinstance(kept, torch.Tensor) and kept.shape == value.shape and kept.dtype == value.dtype:
+        node.replace_all_uses_with(other)
 
 
 def _detach_constants(graph: Any) -> None:
@@ -156,10 +228,14 @@ def _difference(got: Any, want: Any) -> str | None:
                 return f"{key} is {value!r} compiled, {expected!r} uncompiled"
             continue
         if value.shape != expected.shape or value.dtype != expected.dtype:
-            return f"{key} has shape {tuple(value.shape)} {value.dtype} compiled, {tuple(expected.shape)} {expected.dtype} uncompiled"
+            got, want = (f"{tuple(t.shape)} {t.dtype}" for t in (value, expected))
+            return f"{key} is {got} compiled, {want} uncompiled"
         rtol = _RTOL.get(str(expected.dtype).replace("torch.", ""), 1e-3)
         scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
         if not torch.allclose(value, expected, rtol=rtol, atol=rtol * scale, equal_nan=True):
             worst = float((value - expected).abs().max())
-            return f"{key} differs from the uncompiled result by up to {worst:.3g} (does the function draw random numbers?)"
+            return (
+                f"{key} differs from the uncompiled result by up to {worst:.3g} "
+                "(does the function draw random numbers?)"
+            )
     return None

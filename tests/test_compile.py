@@ -137,3 +137,18 @@ def test_no_cxx_compiler_falls_back_with_the_same_numbers(monkeypatch):
     assert outcome.timings.footer["engine"] == "torch.func.jacrev"
     assert outcome.timings.get("compile") is not None  # the attempt is timed all the same
     np.testing.assert_allclose(outcome.results["jacobian"], TF.jacrev(energy)(X).numpy(), **TIGHT)
+
+
+def test_a_function_drawing_random_numbers_falls_back_to_its_uncompiled_results():
+    # Inductor cannot lower a random draw traced this way (and would draw other numbers).
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rand_like(x)
+
+    outcome = run(Request("jvp", noisy, primals=[X], tangents=[V], compile=True, repeat=1))
+    assert len(outcome.timings.notes) == 1
+    assert outcome.timings.notes[0].startswith("could not be compiled (")
+    assert outcome.timings.footer["engine"] == "torch.func.jvp"
+    # the uncompiled first call's numbers, consistent with one draw r: output = x r, jvp = v r
+    np.testing.assert_allclose(
+        outcome.results["jvp"] / V.numpy(), outcome.results["output"] / X.numpy(), **TIGHT
+    )
