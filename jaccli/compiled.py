@@ -5,19 +5,26 @@ jac calls the transform with the very same tensors on every steady-state run, wh
 ``torch.compile`` of the transform cannot assume that, and its per-call machinery (Dynamo's
 guards, AOTAutograd's runtime wrappers) costs more than the kernels on small problems:
 measured side by side on rosenbrock(1000) jvp, ``torch.compile(fullgraph=True,
-dynamic=False)`` took 84 us a call, the same graph called without Dynamo 15 us, and
-Inductor's compiled graph called directly 8.7 us (eager torch.func: about 1 ms; numbers from
-a loaded 2-core machine, see benchmarks/bench_compile.py). So this module:
+dynamic=False)`` took 84 us a call, the same graph through ``torch._inductor.compile`` (no
+Dynamo) 15 us, and Inductor's compiled graph called directly 8.7 us (eager torch.func: about
+1 ms; a loaded 2-core machine; benchmarks/bench_compile.py compares with JAX). So this module:
 
 1. traces the route the first call chose (:meth:`Router.run_chosen`) with ``make_fx``,
-   functionalized (in-place writes become copies) and with Inductor's decompositions, to an
-   aten graph whose inputs are the primals, tangents and cotangents;
-2. compiles that graph with Inductor (C++ on the CPU, Triton on CUDA);
-3. calls it once and checks its results against the uncompiled first call's.
+   functionalized (in-place writes become copies; views stay views, which Inductor fuses,
+   where view copies would each cost an operator call) and with Inductor's decompositions,
+   to an aten graph whose inputs are the primals, tangents and cotangents;
+2. folds away the zero tangents forward mode gives what it does not differentiate
+   (:func:`_drop_zero_terms`) and compiles the graph with Inductor's ``compile_fx_inner``
+   (C++ on the CPU, Triton on CUDA);
+3. calls it once through Inductor's wrapper, checks the results against the uncompiled
+   first call's, and from then on calls the generated code directly, rebuilding the result
+   tree with a function built once (``torch.no_grad`` and a pytree walk per call had cost
+   more than the kernels).
 
-Any failure on the way (no C++ compiler, an operator Inductor cannot lower, a function that
-cannot be traced, results that differ, as a function drawing random numbers gives) falls
-back to the uncompiled route with one note, and the numbers are the uncompiled ones.
+Any failure on the way (no C++ compiler, an operator Inductor cannot lower such as a random
+draw, a function that cannot be traced, results that differ, a torch whose private Inductor
+API has moved) falls back to the uncompiled route with one note; the numbers are then the
+uncompiled ones.
 
 Inductor caches compiled kernels on disk (``TORCHINDUCTOR_CACHE_DIR``, by default
 ``/tmp/torchinductor_<user>``), so a second ``jac --compile`` of the same function compiles
@@ -91,6 +98,7 @@ def _compile(router: Any) -> Callable[[], Any]:
     _detach_constants(graph)
     compiled = compile_fx_inner(graph, inputs, is_inference=True)
     rebuild = trees.rebuilder(structure[-1])
+    run_graph = getattr(compiled, "current_callable", None) or compiled
     first = True
 
     def call() -> Any:
@@ -101,7 +109,6 @@ def _compile(router: Any) -> Callable[[], Any]:
         # Later calls go straight to the generated code: the wrapper only adds debug hooks.
         return rebuild(run_graph(list(inputs)))
 
-    run_graph = getattr(compiled, "current_callable", None) or compiled
     return call
 
 

@@ -152,3 +152,20 @@ def test_a_function_drawing_random_numbers_falls_back_to_its_uncompiled_results(
     np.testing.assert_allclose(
         outcome.results["jvp"] / V.numpy(), outcome.results["output"] / X.numpy(), **TIGHT
     )
+
+
+def test_rebuilder_puts_leaves_back_as_unflatten_does():
+    from collections import namedtuple
+
+    from jaccli import trees
+
+    Pair = namedtuple("Pair", "a b")
+    tree = {"output": (torch.zeros(1), [torch.ones(2), Pair(torch.ones(3), torch.zeros(4))]), "jvp": X}
+    values = [torch.full((i + 1,), float(i)) for i in range(5)]
+    rebuilt = trees.rebuilder(tree)(values)
+    assert rebuilt.keys() == tree.keys() and isinstance(rebuilt["output"][1][1], Pair)
+    assert isinstance(rebuilt["output"][1], list) and isinstance(rebuilt["output"], tuple)
+    assert [leaf for _, leaf in trees.leaves(rebuilt)] == values
+    assert [k for k, _ in trees.leaves(rebuilt)] == [
+        k for k, _ in trees.leaves(trees.unflatten(tree, values))
+    ]
