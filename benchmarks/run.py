@@ -12,6 +12,11 @@ shared machine hits them all; it reports min and median over rounds. Sections:
   1.15x) and against the hand-written torch.func script, with the numbers compared.
 - steady: the steady-state median under --repeat against the fastest of torch.func,
   torch.autograd.functional and plain autograd / forward-mode AD (target: 1.05x).
+- compile: `--compile`'s steady state against JAX's jit (target: 1.5x; needs `pip install
+  'jaccli[bench]'`, else the JAX columns say so).
+- memory: peak resident memory writing a 4 GiB float32 Jacobian to `-o J.npy` (target: 1 GiB).
+- distributed: one process against two torchrun ranks on the same Jacobian.
+- mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev.
 - mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev, through jac's own
   code path (``jaccli.run``), on functions where the choice matters and where it does not.
 """
@@ -28,8 +33,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_compile  # noqa: E402
 import bench_engines  # noqa: E402
 import bench_functions  # noqa: E402
+import bench_scale  # noqa: E402
 
 
 def steady(command: str, func, x, mode: str, repeat: int, batch_dim=None) -> tuple[float, str]:
@@ -114,6 +121,9 @@ SECTIONS = {
     "help": bench_engines.section_help,
     "oneshot": bench_engines.section_oneshot,
     "steady": bench_engines.section_steady,
+    "compile": bench_compile.section_compile,
+    "memory": bench_scale.section_memory,
+    "distributed": bench_scale.section_distributed,
     "mode": _mode,
 }
 QUICK_SECTIONS = ("help", "oneshot", "steady")  # --quick with no section named: these

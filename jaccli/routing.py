@@ -18,7 +18,7 @@ The first call finds the route; the steady-state runs reuse it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from jaccli import trees
@@ -222,6 +222,12 @@ class Router:
         if self.batch_dim is None:
             return route.label
         return route.label + (" per sample (loop)" if loop else " per sample (vmap)")
+
+    def run_chosen(self, primals: Sequence[Any], options: dict[str, Any]) -> dict[str, Any]:
+        """The chosen route on other tensors of the same layout (``--compile`` traces this)."""
+        if self.chosen is None:
+            raise AssertionError("run_chosen before the first call chose a route")
+        return replace(self, primals=primals, options=options, fallbacks=[])._run(*self.chosen)
 
     def _run(self, route: Route, loop: bool) -> dict[str, Any]:
         def one(*primals: Any, **batched: Any) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class Request:
     engine: str = "auto"  # auto, func, autograd
     mode: str = "auto"  # jacobian: auto, fwd, rev
     batch_dim: int | None = None
+    compile: bool = False  # trace the transform once and compile it with TorchInductor (jaccli.compiled)
     wrt: str = "inputs"  # inputs, params
     state: str | None = None  # parameters for an nn.Module FUNC: .pt (weights only) or .npz
     max_memory: int | None = None  # bytes the results may take (None: 80% of what is free)
@@ -281,8 +282,13 @@ def _run(request: Request) -> Outcome:
         why = "the faster route timed on the first call" if choice else "the only mode that works here"
         mode_note = f"mode: {name} (--mode auto, {why})"
     timings.notes.extend(router.fallbacks)
+    steady, engine = router, router.label
+    if request.compile:
+        from jaccli.compiled import compile_router
+
+        steady, tree, engine = compile_router(router, tree, timings)
     first = timings.get("first call").times[0]
-    timings.series("steady-state compute", router, request.repeat, request.warmup, per_run_s=first)
+    timings.series("steady-state compute", steady, request.repeat, request.warmup, per_run_s=first)
     timings.series(
         "function alone", lambda: evaluate(fn, primals, batch, request.engine), request.repeat, request.warmup
     )
@@ -303,7 +309,7 @@ def _run(request: Request) -> Outcome:
 
     if mode_note:
         timings.footer["mode"] = mode_note
-    _footer(timings, command, router.label, setup)
+    _footer(timings, command, engine, setup)
     return Outcome(results, notes, dtypes, timings, {k: a for k, a in axes.items() if k in results})
 
 
@@ -503,6 +509,7 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     # Only where every route computes what the command names: jacfwd, hessian and --mode fwd
     # keep forward mode (and its result dtypes), --randomness (vmap's setting) keeps torch.func.
     free = command in FREE_ROUTES and request.mode != "fwd" and request.randomness == "error"
+    free = free and not request.compile  # --compile traces torch.func's transforms: they go first
     auto = request.engine == "auto" and batch is None and free
     untaxed_first = auto and request.repeat is None
     trial = auto and bool(request.repeat) and passes * PASS_COST * call_time <= TRIAL_BUDGET_S

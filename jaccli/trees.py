@@ -7,7 +7,7 @@ Keys follow the contract: the path of a leaf in what torch.func returns, parts j
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 def is_node(obj: Any) -> bool:
@@ -53,3 +53,28 @@ def unflatten(tree: Any, values: list[Any]) -> Any:
     """``tree``'s structure filled with ``values`` in leaf order."""
     it = iter(values)
     return map_leaves(lambda _leaf: next(it), tree)
+
+
+def rebuilder(tree: Any) -> Callable[[Sequence[Any]], Any]:
+    """A function putting leaves, in :func:`leaves` order, back into ``tree``'s structure.
+
+    Built once for calls repeated many times (``--compile``'s steady state): it costs a few
+    dict and tuple constructions a call, where :func:`unflatten` walks the tree every time.
+    """
+    count = 0
+
+    def build(node: Any) -> Callable[[Sequence[Any]], Any]:
+        nonlocal count
+        if isinstance(node, dict):
+            items = [(key, build(value)) for key, value in node.items()]
+            return lambda values: {key: part(values) for key, part in items}
+        if isinstance(node, (tuple, list)):
+            parts = [build(value) for value in node]
+            kind = type(node)
+            if hasattr(node, "_fields"):
+                return lambda values: kind(*[part(values) for part in parts])
+            return lambda values: kind([part(values) for part in parts])
+        index, count = count, count + 1
+        return lambda values: values[index]
+
+    return build(tree)
