@@ -52,7 +52,8 @@ def _imports(args: list[str]) -> list[str]:
             f"    main({args!r})",
             "except SystemExit:",
             "    pass",
-            "print('MODULES:' + ','.join(m for m in ('torch', 'numpy') if m in sys.modules), file=sys.stderr)",
+            "loaded = [m for m in ('torch', 'numpy') if m in sys.modules]",
+            "print('MODULES:' + ','.join(loaded), file=sys.stderr)",
         ]
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

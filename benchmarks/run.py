@@ -16,7 +16,6 @@ shared machine hits them all; it reports min and median over rounds. Sections:
   'jaccli[bench]'`, else the JAX columns say so).
 - memory: peak resident memory writing a 4 GiB float32 Jacobian to `-o J.npy` (target: 1 GiB).
 - distributed: one process against two torchrun ranks on the same Jacobian.
-- mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev.
 - mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev, through jac's own
   code path (``jaccli.run``), on functions where the choice matters and where it does not.
 """
