@@ -157,10 +157,11 @@ class Router:
         """Run every route that works once (the warm-up: lazy imports, caches), time each a few
         times, alternating so that load hits them all, and keep the fastest. Loops run only when
         ``loop_ok``, or when nothing else works."""
-        candidates = self.candidates()
+        candidates = self.candidates()  # the first is the command's own route
         ordered = [c for c in candidates if not c[0].loop or self.loop_ok]
         ordered += [c for c in candidates if c not in ordered]
         failures: list[str] = []
+        primary_failed = False  # the command's own route (its torch.func transform, under auto)
         working: list[tuple[tuple[Route, bool], dict[str, Any]]] = []
         for n, candidate in enumerate(ordered):
             if working and candidate[0].loop and not self.loop_ok:
@@ -168,6 +169,8 @@ class Router:
             result = self._attempt(candidate, failures, last=n == len(ordered) - 1 and not working)
             if result is not FAILED:
                 working.append((candidate, result))
+            elif candidate[0] == candidates[0][0]:
+                primary_failed = True
         # Steady-state kernels pass cotangents as grad_outputs, whose shape check first imports
         # sympy: load it now, outside the timed runs (jaccli.kernels).
         import torch.fx.experimental.symbolic_shapes  # noqa: F401
@@ -184,7 +187,8 @@ class Router:
             self.timed = {self._label(*c): t for (c, _), t in zip(working, best)}
         pick = min(range(len(working)), key=best.__getitem__)
         self.chosen, self.kernel = working[pick][0], kernels[pick]
-        self._note_fallback(failures)
+        if primary_failed:  # the others are candidates explored, not fallbacks: no note for them
+            self._note_fallback(failures)
         return working[pick][1]
 
     def _time(self, kernel: Callable[[], Any]) -> float:
