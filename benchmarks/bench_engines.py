@@ -297,7 +297,6 @@ def section_steady(quick: bool) -> list[dict]:
     rows = []
     for command, name, f, x in steady_cases(quick):
         anchors, options = _anchors(command, f, x)
-        per_round: list[float] = []
         jac_times: list[float] = []
         best: dict[str, list[float]] = {k: [] for k in anchors}
         picks: dict[str, int] = {}
@@ -318,8 +317,11 @@ def section_steady(quick: bool) -> list[dict]:
             for k, m in medians.items():
                 best[k].append(m)
             jac_times.append(jac_median)
-            per_round.append(jac_median / min(medians.values()))
+        # The fastest anchor is the one with the lowest median over all rounds; each round's
+        # ratio pairs jac with it. (The per-round minimum over several anchors of equal speed
+        # would be biased low by the noise alone.)
         fastest = min(best, key=lambda k: statistics.median(best[k]))
+        per_round = [j / a for j, a in zip(jac_times, best[fastest])]
         rows.append(
             {
                 "command": command,

@@ -6,7 +6,8 @@ fast routes ``--engine auto`` picks when torch.func's fixed costs would dominate
 
 - jvp by the double-backward trick: g(u) = Jᵀu is linear in u, so J·v = ∂⟨g(u), v⟩/∂u;
 - vjp by one backward pass;
-- Jacobians and Hessians row by row, one backward pass per output element (a loop);
+- Jacobians and Hessians row by row, one backward pass per output element (a loop), or
+  Jacobians by one batched backward pass (``is_grads_batched``);
 - hvp by reverse over reverse;
 - jvp by forward-mode AD on dual tensors (only as a route of ``--engine auto``).
 
@@ -147,6 +148,36 @@ def jacobian(func: Split, primals: Sequence[Any], argnums: Argnums, has_aux: boo
     outs = [t for _, t in trees.leaves(output)]
     blocks = _rows(outs, [inputs[a] for a in args])
     values = [tuple(b.detach() for b in block) if many else block[0].detach() for block in blocks]
+    return _with_aux({"jacobian": trees.unflatten(output, values)}, aux, has_aux)
+
+
+def jacobian_batched(func: Split, primals: Sequence[Any], argnums: Argnums, has_aux: bool) -> dict[str, Any]:
+    """The Jacobian by one batched reverse pass per output: the rows' one-hot cotangents go
+    through the backward graph together (``is_grads_batched``, as
+    torch.autograd.functional.jacobian(vectorize=True) does)."""
+    import torch
+
+    many = not isinstance(argnums, int)
+    args = argnums if many else (argnums,)
+    inputs, output, aux = _forward(func, primals, args)
+    chosen = [inputs[a] for a in args]
+    blocks = []
+    for _, out in trees.leaves(output):
+        grads: Sequence[Any] = [None] * len(chosen)
+        if out.requires_grad and out.numel():
+            basis = torch.eye(out.numel(), dtype=out.dtype, device=out.device).reshape(-1, *out.shape)
+            grads = torch.autograd.grad(
+                out, chosen, basis, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+        blocks.append(
+            [
+                torch.zeros(out.shape + x.shape, dtype=out.dtype, device=out.device)
+                if g is None
+                else g.reshape(out.shape + x.shape).detach()
+                for g, x in zip(grads, chosen)
+            ]
+        )
+    values = [tuple(block) if many else block[0] for block in blocks]
     return _with_aux({"jacobian": trees.unflatten(output, values)}, aux, has_aux)
 
 

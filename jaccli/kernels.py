@@ -183,6 +183,29 @@ def _jacobian_rows(func, primals, options, first):
     return kernel
 
 
+def _jacobian_batched(func, primals, options, first):
+    """All rows in one batched reverse pass, the one-hot basis built once."""
+    import torch
+
+    argnums = options.get("argnums", 0)
+    if not isinstance(argnums, int):
+        return None
+    inputs = [p.detach().requires_grad_(i == argnums) for i, p in enumerate(primals)]
+    x, shape = inputs[argnums], first["jacobian"].shape
+    output = func(*primals)
+    if output.numel() == 0:
+        return None
+    basis = torch.eye(output.numel(), dtype=output.dtype, device=output.device).reshape(-1, *output.shape)
+
+    def kernel():
+        with torch.enable_grad():
+            output = func(*inputs)
+        (block,) = torch.autograd.grad(output, x, basis, is_grads_batched=True, allow_unused=True)
+        return {"jacobian": torch.zeros(shape, dtype=output.dtype) if block is None else block.reshape(shape)}
+
+    return kernel
+
+
 _KERNELS: dict[tuple[str, str], Callable[..., Any]] = {
     ("jvp", "func"): _jvp_func,
     ("jvp-fwd", "autograd"): _jvp_forward,
@@ -192,4 +215,5 @@ _KERNELS: dict[tuple[str, str], Callable[..., Any]] = {
     ("jacrev", "func"): _jacobian_func("jacrev"),
     ("jacfwd", "func"): _jacobian_func("jacfwd"),
     ("jacrev", "autograd"): _jacobian_rows,
+    ("jacrev-batched", "autograd"): _jacobian_batched,
 }

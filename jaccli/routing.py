@@ -30,7 +30,7 @@ ENGINES = ("auto", "func", "autograd")
 
 @dataclass(frozen=True)
 class Route:
-    command: str  # what runs: jvp, vjp, jacfwd, jacrev, hessian, hessian-rev, hvp, jvp-rev, jvp-fwd
+    command: str  # what runs: a command, or hessian-rev, jvp-rev, jvp-fwd, jacrev-batched
     engine: str  # func or autograd
     label: str  # for the timing table: what ran
     # Its first use in a process imports about a second of torch's modules: torch.func imports
@@ -58,6 +58,7 @@ ROUTES: dict[str, list[Route]] = {
     "jacrev": [
         Route("jacrev", "func", "torch.func.jacrev", taxed=True),
         Route("jacrev", "autograd", "a loop of reverse passes (torch.autograd)", loop=True),
+        Route("jacrev-batched", "autograd", "batched reverse passes (torch.autograd)", taxed=True),
     ],
     "hessian": [
         Route("hessian", "func", "torch.func jacfwd(jacrev) (forward over reverse)", taxed=True),

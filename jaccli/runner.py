@@ -472,7 +472,7 @@ def _check_scalar(command: str, output: Any) -> None:
         )
 
 
-_MODE_NAMES = {"jacfwd": "forward", "jacrev": "reverse"}
+_MODE_NAMES = {"jacfwd": "forward", "jacrev": "reverse", "jacrev-batched": "reverse"}
 
 # The first use of torch.func in a process costs about this much: it imports torch._dynamo (and
 # forward-mode AD scripts its decompositions). Measured at 1.1-1.6 s on a 2-core CPU, next to

@@ -264,6 +264,8 @@ def _autograd(command, func, primals, tangents, cotangents, argnums, has_aux) ->
         return engines.vjp(split, primals, cotangents, has_aux)
     if command in ("jacfwd", "jacrev"):
         return engines.jacobian(split, primals, argnums, has_aux)
+    if command == "jacrev-batched":
+        return engines.jacobian_batched(split, primals, argnums, has_aux)
     if command in ("hessian", "hessian-rev"):
         return engines.hessian(split, primals, argnums, has_aux)
     if command == "hvp":

@@ -324,7 +324,11 @@ COUNTED_CASES = [  # too big or too slow to measure: the pass counts decide
 ]
 _ROUTE = {  # what may run for each mode
     "forward": ("jacobian via torch.func.jacfwd",),
-    "reverse": ("jacobian via torch.func.jacrev", "jacobian via a loop of reverse passes"),
+    "reverse": (
+        "jacobian via torch.func.jacrev",
+        "jacobian via a loop of reverse passes",
+        "jacobian via batched reverse passes",
+    ),
 }
 
 
