@@ -47,15 +47,38 @@ SOURCE = textwrap.dedent(
 )
 
 
+# Runs a module (or code) and reports the process's own peak resident memory (VmHWM) as it exits.
+# The kernel's ru_maxrss will not do: a child's counts its parent's memory at fork time, and the
+# benchmark process is large by the time this section runs.
+_PEAK = """
+import runpy, sys
+target = sys.argv[1]
+sys.argv = sys.argv[1:]
+try:
+    if target == "-c":
+        exec(sys.argv[1])
+    else:
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+finally:
+    hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
+    print("PEAK", int(hwm.split()[1]) * 1024, file=sys.stderr, flush=True)
+"""
+
+
 def _child(argv: list[str], folder: str, env: dict | None = None) -> tuple[int, float, int]:
-    """Run ``argv``; its exit code, wall seconds and peak resident memory in bytes (its own)."""
+    """Run ``python -m MODULE ARGS`` or ``python -c CODE`` (``argv`` without the interpreter);
+    its exit code, wall seconds and its own peak resident memory in bytes."""
     start = time.perf_counter()
-    process = subprocess.Popen(argv, cwd=folder, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    process = subprocess.run(
+        [sys.executable, "-c", _PEAK, *argv],
+        cwd=folder,
+        env={**os.environ, **(env or {})},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wall = time.perf_counter() - start
-    process.stderr.read()  # small: --no-timings / --quiet
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, wall, usage.ru_maxrss * 1024  # Linux reports KiB
+    peaks = [int(line.split()[1]) for line in process.stderr.splitlines() if line.startswith("PEAK ")]
+    return process.returncode, wall, peaks[-1] if peaks else 0
 
 
 def _mib(n_bytes: float) -> str:
@@ -69,8 +92,8 @@ def section_memory(quick: bool) -> list[dict]:
     n = 16384 if quick else 32768  # float32: n*n*4 bytes = 1 GiB or 4 GiB
     with tempfile.TemporaryDirectory(prefix="jac-bench-") as folder:
         Path(folder, "scalemod.py").write_text(SOURCE)
-        _, _, torch_rss = _child([sys.executable, "-c", "import torch"], folder)
-        argv = [sys.executable, "-m", "jaccli", "jacrev", "scalemod:dense", "-p", f"randn:{n}"]
+        _, _, torch_rss = _child(["-c", "import torch"], folder)
+        argv = ["jaccli", "jacrev", "scalemod:dense", "-p", f"randn:{n}"]
         argv += ["-o", "J.npy", "--max-memory", "512M", "--timings", "t.json", "-q"]
         code, wall, rss = _child(argv, folder)
         if code != 0:
@@ -122,9 +145,9 @@ def section_distributed(quick: bool) -> list[dict]:
         Path(folder, "scalemod.py").write_text(SOURCE)
         for _ in range(repeats):  # alternate, so load on a shared machine hits every contender
             for name, (how, env) in runs.items():
-                launcher = [sys.executable, "-m", "jaccli"]
+                launcher = ["jaccli"]
                 if how:
-                    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+                    launcher = ["torch.distributed.run", "--nproc-per-node", "2"]
                     launcher += ["--master-addr", "127.0.0.1", "--master-port", str(_port()), "-m", "jaccli"]
                 argv = [*launcher, "jacrev", "scalemod:mlp", "-p", f"randn:{n}", "-o", "J.npy"]
                 # the same streamed path in every run: one chunk of all of a process's rows
