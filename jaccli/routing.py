@@ -37,6 +37,7 @@ class Route:
     # torch._dynamo, forward-mode AD scripts its decompositions. Plain reverse mode imports nothing.
     taxed: bool = False
     loop: bool = False  # one pass per output (or input) element: its cost grows with the size
+    last_resort: bool = False  # tried only when no other route works (a trial does not time it)
 
 
 ROUTES: dict[str, list[Route]] = {
@@ -44,7 +45,13 @@ ROUTES: dict[str, list[Route]] = {
         Route("jvp", "func", "torch.func.jvp", taxed=True),
         Route("jvp", "autograd", "double-backward trick (torch.autograd)"),
         Route("jvp-fwd", "autograd", "forward-mode AD (torch.autograd.forward_ad)", taxed=True),
-        Route("jvp-rev", "autograd", "reverse-mode Jacobian times v (torch.autograd)", loop=True),
+        Route(
+            "jvp-rev",
+            "autograd",
+            "reverse-mode Jacobian times v (torch.autograd)",
+            loop=True,
+            last_resort=True,
+        ),
     ],
     "vjp": [
         Route("vjp", "func", "torch.func.vjp", taxed=True),
@@ -119,7 +126,7 @@ class Router:
                 r for r in mine if (r.command, r.engine) not in {(o.command, o.engine) for o in routes}
             ]
         if self.untaxed_first:
-            routes.sort(key=lambda r: 1 if r.taxed or (r.loop and not self.loop_ok) else 0)
+            routes.sort(key=lambda r: 1 if r.taxed or r.last_resort or (r.loop and not self.loop_ok) else 0)
         if self.batch_dim is None:
             return [(route, False) for route in routes]
         candidates = []
@@ -157,15 +164,15 @@ class Router:
     def _trial(self) -> dict[str, Any]:
         """Run every route that works once (the warm-up: lazy imports, caches), time each a few
         times, alternating so that load hits them all, and keep the fastest. Loops run only when
-        ``loop_ok``, or when nothing else works."""
+        ``loop_ok``, last resorts only when nothing else works."""
         candidates = self.candidates()  # the first is the command's own route
-        ordered = [c for c in candidates if not c[0].loop or self.loop_ok]
+        ordered = [c for c in candidates if self._timed_in_trial(c[0])]
         ordered += [c for c in candidates if c not in ordered]
         failures: list[str] = []
         primary_failed = False  # the command's own route (its torch.func transform, under auto)
         working: list[tuple[tuple[Route, bool], dict[str, Any]]] = []
         for n, candidate in enumerate(ordered):
-            if working and candidate[0].loop and not self.loop_ok:
+            if working and not self._timed_in_trial(candidate[0]):
                 break
             result = self._attempt(candidate, failures, last=n == len(ordered) - 1 and not working)
             if result is not FAILED:
@@ -191,6 +198,9 @@ class Router:
         if primary_failed:  # the others are candidates explored, not fallbacks: no note for them
             self._note_fallback(failures)
         return working[pick][1]
+
+    def _timed_in_trial(self, route: Route) -> bool:
+        return not route.last_resort and (not route.loop or self.loop_ok)
 
     def _time(self, kernel: Callable[[], Any]) -> float:
         """The best of a few runs, as many as fit in TRIAL_SLICE_S (at least one)."""
