@@ -203,18 +203,19 @@ class Router:
         return not route.last_resort and (not route.loop or self.loop_ok)
 
     def _time(self, kernel: Callable[[], Any]) -> float:
-        """The best of a few runs, as many as fit in TRIAL_SLICE_S (at least one)."""
+        """The median of as many runs as fit in TRIAL_SLICE_S (at least one): the steady state
+        reports medians, and a route that is sometimes fast but often slow should not win."""
+        import statistics
         import time
 
-        best, spent = float("inf"), 0.0
-        while spent < TRIAL_SLICE_S:
+        times: list[float] = []
+        while sum(times) < TRIAL_SLICE_S:
             self.sync()
             start = time.perf_counter()
             kernel()
             self.sync()
-            elapsed = time.perf_counter() - start
-            best, spent = min(best, elapsed), spent + elapsed
-        return best
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
     def _prepare(self, candidate: tuple[Route, bool], result: dict[str, Any]) -> Any:
         if self.batch_dim is not None:
@@ -260,7 +261,7 @@ class Router:
 # them all already took longer than the budget.
 TRIAL_ROUNDS = 3
 TRIAL_BUDGET_S = 0.5
-TRIAL_SLICE_S = 0.01  # each timing takes the best of as many runs as fit in this
+TRIAL_SLICE_S = 0.01  # each timing takes the median of as many runs as fit in this
 
 
 FAILED = object()  # what attempt() returns when another route may avoid the failure
