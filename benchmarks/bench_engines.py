@@ -293,7 +293,7 @@ def section_steady(quick: bool) -> list[dict]:
     from jaccli import Request, run
     from jaccli.timing import Timings
 
-    rounds, repeat = (3, 20) if quick else (7, 50)
+    rounds, repeat = (3, 20) if quick else (9, 60)
     rows = []
     for command, name, f, x in steady_cases(quick):
         anchors, options = _anchors(command, f, x)
@@ -301,7 +301,7 @@ def section_steady(quick: bool) -> list[dict]:
         best: dict[str, list[float]] = {k: [] for k in anchors}
         picks: dict[str, int] = {}
         slow = name.startswith(("elementwise 1e6", "mlp 64x512", "elementwise 2048", "mlp 512"))
-        reps = max(5, repeat // 5) if slow else repeat
+        reps = max(5, repeat // 2) if slow else repeat  # slow: each run takes 2-40 ms
         for r in range(rounds):
             timings = Timings()
             medians = {}
