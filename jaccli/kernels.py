@@ -152,15 +152,19 @@ def _jacobian_func(transform_name: str):
     return make
 
 
+def _wrt_one(primals: Sequence[Any], argnums: int) -> tuple[list, Any]:
+    """Leaf copies of the primals, the ``argnums``-th requiring grad; and that one."""
+    inputs = [p.detach().requires_grad_(i == argnums) for i, p in enumerate(primals)]
+    return inputs, inputs[argnums]
+
+
 def _jacobian_rows(func, primals, options, first):
     """One reverse pass per output element, as torch.autograd.functional.jacobian does."""
     import torch
 
-    argnums = options.get("argnums", 0)
-    if not isinstance(argnums, int):
+    if not isinstance(options.get("argnums", 0), int):
         return None
-    inputs = [p.detach().requires_grad_(i == argnums) for i, p in enumerate(primals)]
-    x = inputs[argnums]
+    inputs, x = _wrt_one(primals, options.get("argnums", 0))
 
     def kernel():
         with torch.enable_grad():
@@ -187,11 +191,9 @@ def _jacobian_batched(func, primals, options, first):
     """All rows in one batched reverse pass, the one-hot basis built once."""
     import torch
 
-    argnums = options.get("argnums", 0)
-    if not isinstance(argnums, int):
+    if not isinstance(options.get("argnums", 0), int):
         return None
-    inputs = [p.detach().requires_grad_(i == argnums) for i, p in enumerate(primals)]
-    x, shape = inputs[argnums], first["jacobian"].shape
+    (inputs, x), shape = _wrt_one(primals, options.get("argnums", 0)), first["jacobian"].shape
     output = func(*primals)
     if output.numel() == 0:
         return None

@@ -684,7 +684,10 @@ PLANTED = [
         [X5],
         "FFPF",
         "FP",
-        {FWD_VS_REV: "worst at d output[2] / d primal 0[2]: forward 0.955336 vs reverse 0", FD_REVERSE: ", output[2]: reverse 0 vs fd "},
+        {
+            FWD_VS_REV: "worst at d output[2] / d primal 0[2]: forward 0.955336 vs reverse 0",
+            FD_REVERSE: ", output[2]: reverse 0 vs fd ",
+        },
         {FULL_REVERSE: "worst at d output[2] / d primal 0[2]: reverse 0 vs fd 0.955336"},
     ),
     Planted(
@@ -858,7 +861,9 @@ def test_planted_text_report_names_the_worst_entry(fns):
     worst = "  FAIL forward vs reverse: worst at d output[2] / d primal 0[2]: forward 0.955336 vs reverse 0"
     assert worst in lines, run.stdout
     assert any(
-        re.fullmatch(r"  FAIL fd: reverse J\.v: worst at direction \d, output\[2\]: reverse 0 vs fd \S+", line)
+        re.fullmatch(
+            r"  FAIL fd: reverse J\.v: worst at direction \d, output\[2\]: reverse 0 vs fd \S+", line
+        )
         for line in lines
     ), run.stdout
     assert not any("fd: forward J.v:" in line for line in lines), run.stdout  # it passed
@@ -891,7 +896,8 @@ def test_hidden_entry_needs_full(fns):
     run, doc = run_check(fns, "hidden_entry", [X6], "--seed", "0", "--full")
     assert run.code == 1 and _letters(doc, BASE_ROWS + FULL_ROWS) == "PPPPFF", doc
     for name, side in zip((FULL_REVERSE, FULL_FORWARD), ("reverse", "forward")):
-        assert f"worst at d output[0] / d primal 0[3]: {side} 0.0005 vs fd 0" in rows_of(doc)[name]["detail"], doc
+        detail = rows_of(doc)[name]["detail"]
+        assert f"worst at d output[0] / d primal 0[3]: {side} 0.0005 vs fd 0" in detail, doc
 
 
 def test_no_vmap_rule_still_compares_forward_and_reverse(fns, fns_module):
