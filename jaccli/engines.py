@@ -34,26 +34,41 @@ def _forward(func: Split, primals: Sequence[Any], wrt: Sequence[int]) -> tuple[l
     return inputs, output, aux
 
 
+# torch.autograd.grad checks grad_outputs' shapes with torch.fx's symbolic shapes, whose first
+# use in a process imports sympy (about a second): most of a one-shot run's cost.
+_SYMBOLIC = "torch.fx.experimental.symbolic_shapes"
+
+
 def _grad(
-    outputs: Sequence[Any], inputs: Sequence[Any], cotangents: Sequence[Any | None], create_graph=False
+    outputs: Sequence[Any],
+    inputs: Sequence[Any],
+    cotangents: Sequence[Any | None],
+    create_graph=False,
+    retain_graph=True,
 ):
     """Σ ⟨cotangent, ∂output/∂input⟩ for each input, zeros where no path leads (never None).
 
-    A cotangent of None stands for ones. The cotangents enter through the scalar
-    Σ ⟨output, cotangent⟩ rather than as ``grad_outputs``: its gradient with respect to each
-    output is the cotangent exactly, so the numbers are the same, but torch.autograd.grad checks
-    ``grad_outputs`` shapes with torch.fx's symbolic shapes, whose first use in a process imports
-    sympy (about a second): most of a one-shot run's cost.
+    A cotangent of None stands for ones. Until sympy is loaded (see _SYMBOLIC) the cotangents
+    enter through the scalar Σ ⟨output, cotangent⟩ rather than as ``grad_outputs``: its gradient
+    with respect to each output is the cotangent exactly, so the numbers are the same. Once it
+    is loaded (a timed trial loads it), ``grad_outputs`` is the cheaper way per call.
     """
+    import sys
+
     import torch
 
     pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
     grads = [None] * len(inputs)
     if pairs:
-        total = sum(o.sum() if c is None else (o * c).sum() for o, c in pairs)
-        grads = torch.autograd.grad(
-            total, list(inputs), retain_graph=True, create_graph=create_graph, allow_unused=True
+        options = dict(
+            retain_graph=retain_graph or create_graph, create_graph=create_graph, allow_unused=True
         )
+        if _SYMBOLIC in sys.modules:
+            outs = [o.sum() if c is None else o for o, c in pairs]
+            grads = torch.autograd.grad(outs, list(inputs), [c for _, c in pairs], **options)
+        else:
+            total = sum(o.sum() if c is None else (o * c).sum() for o, c in pairs)
+            grads = torch.autograd.grad(total, list(inputs), **options)
     return [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]
 
 

@@ -12,13 +12,9 @@ Each kernel returns the same tree as its route, with the same numbers: the tests
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Sequence
 
-# torch.autograd.grad checks grad_outputs' shapes with torch.fx's symbolic shapes, whose first
-# use imports sympy (about a second); once it is loaded, passing cotangents as grad_outputs is
-# the cheapest way (see engines._grad for the way around it before then).
-_SYMBOLIC = "torch.fx.experimental.symbolic_shapes"
+from jaccli.engines import _grad
 
 
 def prepare(route: Any, func: Callable[..., Any], primals: Sequence[Any], options: dict, first: dict) -> Any:
@@ -27,10 +23,8 @@ def prepare(route: Any, func: Callable[..., Any], primals: Sequence[Any], option
 
     if options.get("has_aux") or not all(isinstance(p, torch.Tensor) for p in primals):
         return None
-    output = first.get("output")
-    if output is None and "jacobian" in first:
-        output = func(*primals)
-    if not isinstance(output, torch.Tensor):
+    # a single-tensor output: its jvp/vjp output, or (one argnum) its Jacobian, is one tensor
+    if not isinstance(first.get("output", first.get("jacobian")), torch.Tensor):
         return None
     make = _KERNELS.get((route.command, route.engine))
     return make(func, list(primals), options, first) if make else None
@@ -38,17 +32,6 @@ def prepare(route: Any, func: Callable[..., Any], primals: Sequence[Any], option
 
 def _leaves(primals: Sequence[Any]) -> list:
     return [p.detach().requires_grad_() for p in primals]
-
-
-def _grads(output: Any, inputs: list, cotangent: Any, create_graph: bool = False) -> list:
-    import torch
-
-    if cotangent is not None and _SYMBOLIC not in sys.modules:
-        output, cotangent = (output * cotangent).sum(), None  # the same numbers (engines._grad)
-    grads = torch.autograd.grad(
-        output, inputs, cotangent, retain_graph=create_graph, create_graph=create_graph, allow_unused=True
-    )
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 
 
 def _cast(first: Any) -> Callable[[Any], Any]:
@@ -92,16 +75,8 @@ def _jvp_double_backward(func, primals, options, first):
         with torch.enable_grad():
             output = func(*inputs)
             dummy = torch.zeros_like(output, requires_grad=True)
-            transposed = _grads(output, inputs, dummy, create_graph=True)  # Jᵀu, linear in u
-            used = [(g, v) for g, v in zip(transposed, tangents) if g.requires_grad]
-            product = None
-            if used and _SYMBOLIC in sys.modules:
-                grads, vs = zip(*used)
-                (product,) = torch.autograd.grad(grads, dummy, vs, allow_unused=True)
-            elif used:
-                total = sum((g * v).sum() for g, v in used)
-                (product,) = torch.autograd.grad(total, dummy, allow_unused=True)
-        product = torch.zeros_like(output) if product is None else product
+            transposed = _grad([output], inputs, [dummy], create_graph=True)  # Jᵀu, linear in u
+            (product,) = _grad(transposed, [dummy], tangents, retain_graph=False)
         return {"output": output.detach(), "jvp": product.detach()}
 
     return kernel
@@ -129,7 +104,7 @@ def _vjp_autograd(func, primals, options, first):
     def kernel():
         with torch.enable_grad():
             output = func(*inputs)
-        grads = _grads(output, inputs, cotangent)
+        grads = _grad([output], inputs, [cotangent], retain_graph=False)
         return {"output": output.detach(), "vjp": tuple(grads)}
 
     return kernel

@@ -497,7 +497,7 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     """One-shot runs (no --repeat) take the route that is fastest end to end, which for small
     problems means not loading torch.func; runs with --repeat time the routes and keep the
     fastest per call (see README, "Which engine runs")."""
-    from jaccli.routing import TRIAL_BUDGET_S
+    from jaccli.routing import ROUTES, TRIAL_BUDGET_S
     from jaccli.transforms import choose_mode, worth_a_trial
 
     command, batch = request.command, request.batch_dim
@@ -505,7 +505,9 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     n_out = sum(t.numel() for _, t in trees.leaves(sample_output))
     call_time = timings.get("function, first call").times[0]
     passes = n_out if command in ("jacrev", "jacobian") else 1
-    loop_ok = _loop_ok(n_in if command == "hessian" else n_out, call_time, fn, primals, batch)
+    routed = ("jacrev", "jacfwd") if command == "jacobian" else (command,)
+    has_loop = any(route.loop for c in routed for route in ROUTES[c])  # else no need to estimate
+    loop_ok = has_loop and _loop_ok(n_in if command == "hessian" else n_out, call_time, fn, primals, batch)
     # Only where every route computes what the command names: jacfwd, hessian and --mode fwd
     # keep forward mode (and its result dtypes), --randomness (vmap's setting) keeps torch.func.
     free = command in FREE_ROUTES and request.mode != "fwd" and request.randomness == "error"
