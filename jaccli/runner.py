@@ -69,6 +69,14 @@ class Request:
     repeat: int | None = None  # None: automatic (see timing.series)
     warmup: int | None = None
     stdin: BinaryIO | None = None
+    n_directions: int | None = None  # jvp, vjp --directions K: tangents/cotangents lead with K (linalg.directions)
+    top: int = 6  # spectrum: how many values
+    which: str = "largest"  # spectrum: largest or smallest
+    eig: bool = False  # spectrum: eigenvalues of a square J instead of singular values
+    hessian: bool = False  # spectrum: eigenvalues of the Hessian (eigsh over H.v)
+    by: str = "magnitude"  # spectrum: eigenvalues ordered by magnitude or real part
+    rank_tol: float | None = None  # spectrum: numerical rank counts values above rank_tol * s_max
+    tol: float | None = None  # spectrum: ARPACK's relative accuracy (None: machine precision)
 
 
 @dataclass
