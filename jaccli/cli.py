@@ -145,6 +145,15 @@ _TANGENTS = array_option(
     "May be left out when every primal has one element (v = 1).",
 )
 
+_DIRECTIONS = click.option(
+    "--directions",
+    "n_directions",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="K directions at once: each tangent (cotangent) has a leading axis of K, as has the result; "
+    "a generator draws K. One process, vmap over the transform.",
+)
+
 
 @transform_command(
     """f(x) and the Jacobian-vector product J.v (forward mode, torch.func.jvp).
@@ -157,8 +166,10 @@ _TANGENTS = array_option(
       jac jvp mymod:f -p "[[1,1],[1,1],[1,1]]" -t "[[1,2],[3,4],[5,6]]"
       jac jvp mymod:f -p 0.5                  # one-element input: v defaults to 1
       jac jvp mymod:f -p x.npy -p y.npy -t randn --dtype float64
+      jac jvp "examples/mlp.py:model()" -p randn:4 -t randn --directions 64   # 64 J.v at once
     """,
     _TANGENTS,
+    _DIRECTIONS,
 )
 def jvp(**options: Any) -> None:
     _execute("jvp", options)
@@ -174,6 +185,7 @@ def jvp(**options: Any) -> None:
       jac vjp examples/quickstart.py:loss -p examples/x.npy          # a gradient
       jac vjp examples/two_inputs.py:f -p examples/xy.npz -u examples/u.yaml
       jac vjp "examples/mlp.py:model()" -p examples/mlp_x.npy -u ones --wrt params
+      jac vjp "examples/mlp.py:model()" -p randn:4 -u randn --directions 2     # the rows of J
     """,
     array_option(
         "-u",
@@ -181,6 +193,7 @@ def jvp(**options: Any) -> None:
         "The vector u, one per output (a mapping keyed like a dict output); 'ones' or 'randn' "
         "alone stands for all. May be left out when the output has one element (u = 1).",
     ),
+    _DIRECTIONS,
 )
 def vjp(**options: Any) -> None:
     _execute("vjp", options)

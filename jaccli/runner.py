@@ -149,6 +149,7 @@ class Setup:
     device: Any
     timings: Timings
     rng: Any
+    tangent_sources: list = field(default_factory=list)  # as read, for --directions (linalg.directions)
 
 
 def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
@@ -200,11 +201,11 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
         argnums = tuple(range(len(primals)))  # every parameter, keyed by name
     argnums = transforms.normalize_argnums(argnums, len(primals))
     tangents = None
-    if request.command in ("jvp", "hvp"):
+    if request.command in ("jvp", "hvp") and request.n_directions is None:
         tangents = arguments.tangent_tensors(
             tangent_sources, primals, rng, names, request.command, request.batch_dim
         )
-    return Setup(fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng)
+    return Setup(fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng, tangent_sources)
 
 
 def _run(request: Request) -> Outcome:
@@ -212,6 +213,10 @@ def _run(request: Request) -> Outcome:
     from jaccli.routing import Router, evaluate
 
     command = request.command
+    if request.n_directions is not None:  # many tangents or cotangents at once: jaccli.linalg.directions
+        from jaccli.linalg.directions import run_directions
+
+        return run_directions(request)
     setup = _setup(request, transforms.COMMANDS)
     fn, primals, names, argnums = setup.fn, setup.primals, setup.names, setup.argnums
     tangents, timings, rng = setup.tangents, setup.timings, setup.rng
