@@ -168,8 +168,8 @@ def _order(values: Any, which: str, by: str) -> Any:
     import numpy as np
 
     key = np.real(values) if by == "real" else np.abs(values)
-    index = np.argsort(key, kind="stable")
-    return index[::-1] if which == "largest" else index
+    key = -key if which == "largest" else key
+    return np.lexsort((-np.imag(values), key))  # ties (conjugate pairs): positive imaginary part first
 
 
 def _dense(op: Any, problem: Problem, k: int, which: str, by: str) -> Spectrum:
@@ -302,7 +302,7 @@ def _far_end(op: Any, which: str, rng: Any, tol: float) -> float | None:
     from scipy.sparse.linalg import ArpackNoConvergence, svds
 
     m, n = op.shape
-    ncv = min(min(m, n), 20)
+    ncv = min(min(m, n) - 1, 20)
     maxiter = max(1, COND_PRODUCTS // (2 * ncv))
     try:
         s = svds(
