@@ -314,7 +314,7 @@ def hvp(**options: Any) -> None:
     show_default=True,
     help="The largest or the smallest values.",
 )
-@click.option("--eig", is_flag=True, help="Eigenvalues of a square J (ARPACK eigs) instead of singular values.")
+@click.option("--eig", is_flag=True, help="Eigenvalues of a square J (ARPACK eigs), not singular values.")
 @click.option("--hessian", is_flag=True, help="Eigenvalues of the Hessian of a one-element function (eigsh).")
 @click.option(
     "--by",
@@ -329,7 +329,7 @@ def hvp(**options: Any) -> None:
     metavar="TOL",
     help="Numerical rank: singular values above TOL x the largest [default: max(m, n) x eps].",
 )
-@click.option("--tol", type=float, metavar="TOL", help="ARPACK's relative accuracy [default: machine precision].")
+@click.option("--tol", type=float, metavar="TOL", help="ARPACK's relative accuracy [default: machine eps].")
 @argnums_option
 @click.option(
     "--batch-dim",

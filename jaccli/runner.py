@@ -69,7 +69,7 @@ class Request:
     repeat: int | None = None  # None: automatic (see timing.series)
     warmup: int | None = None
     stdin: BinaryIO | None = None
-    n_directions: int | None = None  # jvp, vjp --directions K: tangents/cotangents lead with K (linalg.directions)
+    n_directions: int | None = None  # jvp, vjp --directions K: inputs and results lead with K directions
     top: int = 6  # spectrum: how many values
     which: str = "largest"  # spectrum: largest or smallest
     eig: bool = False  # spectrum: eigenvalues of a square J instead of singular values
@@ -205,7 +205,9 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
         tangents = arguments.tangent_tensors(
             tangent_sources, primals, rng, names, request.command, request.batch_dim
         )
-    return Setup(fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng, tangent_sources)
+    return Setup(
+        fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng, tangent_sources
+    )
 
 
 def _run(request: Request) -> Outcome:

@@ -54,9 +54,10 @@ def test_jvp_directions_equal_single_runs_with_several_primals(workdir):
         one = _single("jvp", "layer:f", "-p", "x.npy", "-p", "y.npy", "-t", "tx.npy", "-t", "ty.npy")
         np.testing.assert_allclose(got["jvp"][i], one["jvp"], rtol=1e-13, atol=1e-15)
         np.testing.assert_array_equal(got["output"], one["output"])
-    f = lambda a, b: torch.tanh(  # noqa: E731
-        torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4) @ a
-    ) * b.sum() + b[:3] ** 2
+    def f(a, b):
+        w = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
+        return torch.tanh(w @ a) * b.sum() + b[:3] ** 2
+
     want = torch.func.vmap(lambda u, v: torch.func.jvp(f, (torch.tensor(x), torch.tensor(y)), (u, v))[1])(
         torch.tensor(tx), torch.tensor(ty)
     )
@@ -125,8 +126,15 @@ def test_a_generator_draws_k_directions_and_ones_repeats_the_single_product():
 
 def test_vjp_directions_with_respect_to_parameters():
     rng = np.random.default_rng(7)
-    got = _many("vjp", MLP, "-p", str(EXAMPLES / "mlp_x.npy"), "-u", "randn", "--directions", "2", "--wrt", "params")
-    assert {k for k in got if k.startswith("vjp.")} == {"vjp.0.weight", "vjp.0.bias", "vjp.2.weight", "vjp.2.bias"}
+    got = _many(
+        "vjp", MLP, "-p", str(EXAMPLES / "mlp_x.npy"), "-u", "randn", "--directions", "2", "--wrt", "params"
+    )
+    assert {k for k in got if k.startswith("vjp.")} == {
+        "vjp.0.weight",
+        "vjp.0.bias",
+        "vjp.2.weight",
+        "vjp.2.bias",
+    }
     assert got["vjp.0.weight"].shape == (2, 8, 4)
     del rng
 
@@ -137,12 +145,38 @@ def test_trial_chunks_and_linearize_agree_with_vmap(workdir):
     np.save("t.npy", rng.standard_normal((16, 4)))
     base = _many("jvp", MLP, "-p", "x.npy", "-t", "t.npy", "--directions", "16")
     f64 = ("--dtype", "float64")
-    run = jac("jvp", MLP, "-p", "x.npy", "-t", "t.npy", "--directions", "16", "--repeat", "2", "--format", "npz", *f64)
+    run = jac(
+        "jvp",
+        MLP,
+        "-p",
+        "x.npy",
+        "-t",
+        "t.npy",
+        "--directions",
+        "16",
+        "--repeat",
+        "2",
+        "--format",
+        "npz",
+        *f64,
+    )
     assert run.code == 0, run
     assert "fastest on the first chunk of vmap" in run.stderr and "linearize" in run.stderr
     np.testing.assert_allclose(run.npz()["jvp"], base["jvp"], rtol=1e-12)
     run = jac(
-        "jvp", MLP, "-p", "x.npy", "-t", "t.npy", "--directions", "16", "--max-memory", "700", "--format", "npz", *f64
+        "jvp",
+        MLP,
+        "-p",
+        "x.npy",
+        "-t",
+        "t.npy",
+        "--directions",
+        "16",
+        "--max-memory",
+        "700",
+        "--format",
+        "npz",
+        *f64,
     )
     assert run.code == 0, run
     assert "computed in chunks of" in run.stderr

@@ -128,14 +128,18 @@ def test_a_nonlinear_map_and_its_vectors_into_an_npz(maps):
 
 
 def test_rank_deficient_map_has_its_rank(maps):
-    got = _spectrum("maps:linear", "-p", "x40.npy", "--top", "8", "--rank-tol", "1e-6", *_kw(name="deficient"))
+    got = _spectrum(
+        "maps:linear", "-p", "x40.npy", "--top", "8", "--rank-tol", "1e-6", *_kw(name="deficient")
+    )
     assert int(got["rank"]) == 5 and str(got["rank_kind"]) == "exact"
     assert (got["singular_values"][5:] < 1e-6 * got["singular_values"][0]).all()
     full = _spectrum("maps:linear", "-p", "x5.npy", "--top", "2", *_kw(name="deficient"))
     assert int(full["rank"]) == 5 and str(full["condition_kind"]) == "exact"  # dense: exact
 
 
-@pytest.mark.parametrize("name, by", [("nonnormal", "magnitude"), ("diagonal", "real"), ("diagonal", "magnitude")])
+@pytest.mark.parametrize(
+    "name, by", [("nonnormal", "magnitude"), ("diagonal", "real"), ("diagonal", "magnitude")]
+)
 def test_eigenvalues_equal_numpy_eigvals(maps, name, by):
     import maps as module
 
@@ -170,7 +174,9 @@ def test_hessian_eigenvalues_equal_eigvalsh_of_torch_func_hessian(maps):
     want = np.linalg.eigvalsh(hessian)
     top = _spectrum("maps:energy", "-p", "x30.npy", "--hessian", "--by", "real", "--top", "3")
     np.testing.assert_allclose(top["eigenvalues"], want[::-1][:3], rtol=1e-8)
-    bottom = _spectrum("maps:energy", "-p", "x30.npy", "--hessian", "--by", "real", "--which", "smallest", "--top", "3")
+    bottom = _spectrum(
+        "maps:energy", "-p", "x30.npy", "--hessian", "--by", "real", "--which", "smallest", "--top", "3"
+    )
     np.testing.assert_allclose(bottom["eigenvalues"], want[:3], rtol=1e-8)
     assert (bottom["residuals"] < 1e-9).all()
 
@@ -195,7 +201,9 @@ def test_hessian_of_the_mlp_loss_with_respect_to_its_parameters():
     vector = torch.cat([v.reshape(-1) for v in params.values()])
     want = np.linalg.eigvalsh(torch.func.hessian(flat_loss)(vector).numpy())
     func = f"{EXAMPLES / 'mlp.py'}:loss()"
-    got = _spectrum(func, "-p", str(EXAMPLES / "mlp_x.npy"), "--wrt", "params", "--hessian", "--by", "real", "--top", "2")
+    got = _spectrum(
+        func, "-p", str(EXAMPLES / "mlp_x.npy"), "--wrt", "params", "--hessian", "--by", "real", "--top", "2"
+    )
     np.testing.assert_allclose(got["eigenvalues"], want[::-1][:2], rtol=1e-8)
 
 
@@ -212,7 +220,9 @@ def test_tiny_maps_are_formed_from_products(maps):
     eig = _spectrum("maps:layer", "-p", "x5.npy", "--top", "4", "--eig")
     values = np.linalg.eigvals(_dense(module.layer, x))
     want = values[np.argsort(-np.abs(values))][:4]
-    np.testing.assert_allclose(np.abs(eig["eigenvalues.real"] + 1j * eig["eigenvalues.imag"]), np.abs(want), rtol=1e-10)
+    np.testing.assert_allclose(
+        np.abs(eig["eigenvalues.real"] + 1j * eig["eigenvalues.imag"]), np.abs(want), rtol=1e-10
+    )
 
 
 def test_several_primals_argnums_and_a_dict_output(maps):
@@ -259,7 +269,9 @@ def test_text_table_and_json(maps):
     assert "function alone" in run.stderr and "spectrum via ARPACK svds" in run.stderr
     import json
 
-    doc = json.loads(jac("spectrum", "maps:linear", "-p", "x30.npy", "--top", "3", "--format", "json", "-q").stdout)
+    doc = json.loads(
+        jac("spectrum", "maps:linear", "-p", "x30.npy", "--top", "3", "--format", "json", "-q").stdout
+    )
     assert doc["singular_values"]["shape"] == [3] and "right_vectors" not in doc
 
 

@@ -24,7 +24,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from jaccli import trees
 from jaccli.errors import InputError, human_size
@@ -103,8 +103,8 @@ def run_directions(request: Any) -> Any:
     import torch
 
     from jaccli import arguments, memory, modules, transforms
-    from jaccli.runner import Outcome, _footer, _setup, _sources, _to_host
     from jaccli.routing import evaluate
+    from jaccli.runner import Outcome, _footer, _setup, _to_host
 
     check_request(request)
     command, k, batch = request.command, request.n_directions, request.batch_dim
@@ -132,7 +132,9 @@ def run_directions(request: Any) -> Any:
                 f"or a generator (-u randn)"
             )
         leading_axis(sources, k, "--cotangents")
-        directions = arguments.cotangent_tree(sources, trees.map_leaves(lambda t: _expanded(t, k), output), rng)
+        directions = arguments.cotangent_tree(
+            sources, trees.map_leaves(lambda t: _expanded(t, k), output), rng
+        )
     if request.strict:
         transforms.strict_check(fn, primals, tuple(range(len(primals))), request.has_aux)
 
@@ -217,7 +219,8 @@ class Products:
     @property
     def label(self) -> str:
         route = self.route.name if self.route else "?"
-        return f"{route} ({'torch.autograd' if self.route and self.route.engine == 'autograd' else 'torch.func'})"
+        autograd = self.route is not None and self.route.engine == "autograd"
+        return f"{route} ({'torch.autograd' if autograd else 'torch.func'})"
 
     def first(self, candidates: list[Route], trial: bool) -> Any:
         from jaccli.transforms import failure_reason, guarded
@@ -269,10 +272,15 @@ class Products:
     def _run(self, route: Route) -> Any:
         import torch
 
-        parts = [self._chunk(route, start, min(start + self.chunk, self.k)) for start in range(0, self.k, self.chunk)]
+        parts = [
+            self._chunk(route, start, min(start + self.chunk, self.k))
+            for start in range(0, self.k, self.chunk)
+        ]
         if len(parts) == 1:
             return parts[0]
-        stacked = [torch.cat([dict(trees.leaves(p))[key] for p in parts]) for key, _ in trees.leaves(parts[0])]
+        stacked = [
+            torch.cat([dict(trees.leaves(p))[key] for p in parts]) for key, _ in trees.leaves(parts[0])
+        ]
         return trees.unflatten(parts[0], stacked)
 
     def _slice(self, start: int, stop: int) -> Any:
@@ -296,7 +304,9 @@ class Products:
             each = [self._one([t[i] for t in block], engine) for i in range(count)]
         else:
             each = [self._one(trees.map_leaves(lambda t, i=i: t[i], block), engine) for i in range(count)]
-        stacked = [torch.stack([dict(trees.leaves(e))[key] for e in each]) for key, _ in trees.leaves(each[0])]
+        stacked = [
+            torch.stack([dict(trees.leaves(e))[key] for e in each]) for key, _ in trees.leaves(each[0])
+        ]
         return trees.unflatten(each[0], stacked)
 
     def _one(self, direction: Any, engine: str) -> Any:

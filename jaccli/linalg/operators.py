@@ -121,7 +121,9 @@ class JacobianOperator(Operator):
     has no derivative of its own, J.v falls back to torch.func.jvp and says so.
     """
 
-    def __init__(self, fn: Callable[..., Any], primals: Sequence[Any], wrt: Sequence[int], has_aux: bool) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], primals: Sequence[Any], wrt: Sequence[int], has_aux: bool
+    ) -> None:
         super().__init__()
         import torch
 
@@ -156,7 +158,9 @@ class JacobianOperator(Operator):
 
         self.products["J^T.u"] += 1
         cot = torch.as_tensor(u.reshape(-1), dtype=self.outputs.dtype, device=self.outputs.device)
-        return _to_numpy(self.inputs.join(guarded(lambda: self._grad(self._y, self._x, cot), "the function's vjp")))
+        return _to_numpy(
+            self.inputs.join(guarded(lambda: self._grad(self._y, self._x, cot), "the function's vjp"))
+        )
 
     def matvec(self, v: Any) -> Any:
         import torch
@@ -172,9 +176,11 @@ class JacobianOperator(Operator):
                     return _to_numpy(self._grad(self._g, [self._u0], tangent)[0])
             except Exception as exc:
                 if failure_reason(exc) is None:
-                    guarded(lambda: _reraise(exc), "the function's vjp")
+                    guarded(lambda exc=exc: _reraise(exc), "the function's vjp")
                 self._forward = True
-                self.notes.append(f"J.v by forward mode (torch.func.jvp): the backward pass has no derivative ({exc})")
+                self.notes.append(
+                    f"J.v by forward mode (torch.func.jvp): the backward pass has no derivative ({exc})"
+                )
         import torch.func as tf
 
         inner = selected(self._fn, self._primals, self._wrt)
@@ -184,7 +190,9 @@ class JacobianOperator(Operator):
             return self.outputs.join([t for _, t in trees.leaves(out[0] if self._has_aux else out)])
 
         x = tuple(self._primals[i].detach() for i in self._wrt)
-        return _to_numpy(guarded(lambda: tf.jvp(flat, x, tuple(self.inputs.split(tangent)))[1], "the function's jvp"))
+        return _to_numpy(
+            guarded(lambda: tf.jvp(flat, x, tuple(self.inputs.split(tangent)))[1], "the function's jvp")
+        )
 
 
 class HessianOperator(Operator):
@@ -193,7 +201,9 @@ class HessianOperator(Operator):
 
     symmetric = True
 
-    def __init__(self, fn: Callable[..., Any], primals: Sequence[Any], wrt: Sequence[int], has_aux: bool) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], primals: Sequence[Any], wrt: Sequence[int], has_aux: bool
+    ) -> None:
         super().__init__()
         import torch
 
@@ -209,7 +219,9 @@ class HessianOperator(Operator):
                 if not out.requires_grad:
                     return None
                 grads = torch.autograd.grad(out, self._x, create_graph=True, allow_unused=True)
-                return self.inputs.join([torch.zeros_like(w) if g is None else g for g, w in zip(grads, self._x)])
+                return self.inputs.join(
+                    [torch.zeros_like(w) if g is None else g for g, w in zip(grads, self._x)]
+                )
 
         self._g = guarded(gradient, "the function's gradient")
 

@@ -95,7 +95,9 @@ class Spectrum:
 
 def problem_of(request: Any) -> Problem:
     if request.eig and request.hessian:
-        raise InputError("--eig and --hessian: choose one (the Hessian is square and symmetric: --hessian alone)")
+        raise InputError(
+            "--eig and --hessian: choose one (the Hessian is square and symmetric: --hessian alone)"
+        )
     return PROBLEMS["hessian" if request.hessian else "eig" if request.eig else "svd"]
 
 
@@ -127,13 +129,15 @@ def check_size(problem: Problem, k: int, shape: tuple[int, int]) -> None:
         noun = "singular values" if problem.name == "svd" else "eigenvalues"
         raise InputError(
             f"--top {k}: J is {m} x {n}, so it has {size} {noun}; jac spectrum finds at most {size - 1} "
-            f"(--top {max(size - 1, 1)}); for all of them form J (jac jacobian --flatten) and use numpy.linalg"
+            f"(--top {max(size - 1, 1)}); for all of them form J (jac jacobian --flatten), then numpy.linalg"
             if size > 1
             else f"--top {k}: J is {m} x {n}: its one value is J itself (jac jacobian)"
         )
 
 
-def solve(op: Any, problem: Problem, k: int, which: str, by: str, seed: int, tol: float, rank_tol: float | None) -> Spectrum:
+def solve(
+    op: Any, problem: Problem, k: int, which: str, by: str, seed: int, tol: float, rank_tol: float | None
+) -> Spectrum:
     """The spectrum of ``op`` (a jaccli.linalg.operators.Operator)."""
     import numpy as np
 
@@ -365,9 +369,11 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
     setup = _setup(request, ("spectrum",))
     fn, primals, timings, batch = setup.fn, setup.primals, setup.timings, request.batch_dim
     wrt = setup.argnums if isinstance(setup.argnums, tuple) else (setup.argnums,)
-    samples = [list(primals)] if batch is None else [
-        [p.select(batch, b) for p in primals] for b in range(primals[0].shape[batch])
-    ]
+    samples = (
+        [list(primals)]
+        if batch is None
+        else [[p.select(batch, b) for p in primals] for b in range(primals[0].shape[batch])]
+    )
     if not samples:
         raise InputError(f"--batch-dim {batch}: the batch is empty; nothing to compute")
     with timings.phase("function, first call"):
@@ -386,12 +392,18 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
             op = kind(fn, sample, wrt, request.has_aux)
             shape = op.shape
             check_size(problem, request.top, op.shape)
-            spectra.append(solve(op, problem, request.top, request.which, request.by, request.seed, tol, request.rank_tol))
+            spectra.append(
+                solve(
+                    op, problem, request.top, request.which, request.by, request.seed, tol, request.rank_tol
+                )
+            )
     timings.series("function alone", lambda: [fn(*s) for s in samples], request.repeat, request.warmup)
     results = _results(problem, spectra, batch is not None, vectors=request.out not in (None, "-"))
     if request.select is not None:
         if request.select not in results:
-            raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(results)}")
+            raise InputError(
+                f"--select {request.select!r}: no such result; the keys are {', '.join(results)}"
+            )
         results = {request.select: results[request.select]}
     notes = sorted({n for s in spectra for n in s.notes})
     solver = "dense numpy.linalg" if spectra[0].method.startswith("dense") else f"ARPACK {problem.solver}"
@@ -482,7 +494,9 @@ def render(stream: IO[str], outcome: SpectrumOutcome) -> None:
             rows.append((str(i), _number(value), f"{r:.1e}"))
         widths = [max(len(row[c]) for row in rows) for c in range(3)]
         for row in rows:
-            stream.write("  " + row[0].rjust(widths[0]) + "  " + row[1].ljust(widths[1]) + "  " + row[2] + "\n")
+            stream.write(
+                "  " + row[0].rjust(widths[0]) + "  " + row[1].ljust(widths[1]) + "  " + row[2] + "\n"
+            )
         if problem.name == "svd":
             relation = {"exact": "", "estimate": "~ ", "lower bound": ">= "}[s.condition_kind]
             stream.write(
@@ -490,7 +504,7 @@ def render(stream: IO[str], outcome: SpectrumOutcome) -> None:
             )
             relation = {"exact": "", "at least": ">= ", "at most": "<= "}[s.rank_kind]
             stream.write(
-                f"numerical rank: {relation}{s.rank} ({s.rank_kind}; singular values above {s.rank_tol:.1e})\n"
+                f"numerical rank: {relation}{s.rank} ({s.rank_kind}; values above {s.rank_tol:.1e})\n"
             )
         used = ", ".join(f"{v} for the {k}" for k, v in s.products.items() if v)
         stream.write(f"products: {sum(s.products.values())} ({used})\n")
