@@ -482,7 +482,8 @@ def render(stream: IO[str], outcome: SpectrumOutcome) -> None:
     problem, request = outcome.problem, outcome.request
     m, n = outcome.shape
     what = problem.what
-    order = request.which if problem.name == "svd" else f"{request.which} by {request.by}"
+    by = "magnitude" if request.by == "magnitude" else "real part"
+    order = request.which if problem.name == "svd" else f"{request.which} by {by}"
     for b, s in enumerate(outcome.spectra):
         if len(outcome.spectra) > 1:
             stream.write(f"sample {b}:\n")
