@@ -285,8 +285,26 @@ def test_text_table_and_json(maps):
         (["-p", "x30.npy", "--hessian"], "needs a function with a one-element output"),
         (["-p", "x30.npy", "--by", "real"], "--by real is for eigenvalues"),
         (["-p", "x30.npy", "--eig", "--hessian"], "choose one"),
+        (["-p", "x30.npy", "--format", "npy"], ".npy holds one array but there are 8 results"),
+        (["-p", "x30.npy", "--select", "eigenvalues"], "--select 'eigenvalues': no such result"),
     ],
 )
 def test_bad_requests_are_one_line_and_exit_2(maps, args, needle):
     run = jac("spectrum", "maps:linear", *args)
     assert_clean_error(run, 2, needle)
+
+
+def test_without_scipy_it_says_which_extra_to_install(maps, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy.sparse.linalg", None)
+    run = jac("spectrum", "maps:linear", "-p", "x30.npy")
+    assert_clean_error(run, 2, "pip install 'jaccli[spectrum]'")
+
+
+def test_select_one_key_into_npy(maps):
+    run = jac(
+        "spectrum", "maps:linear", "-p", "x30.npy", "--top", "2", "--select", "right_vectors", "-o", "v.npy"
+    )
+    assert run.code == 0, run
+    assert np.load("v.npy").shape == (2, 30)

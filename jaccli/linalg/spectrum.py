@@ -354,6 +354,7 @@ def run_spectrum(request: Any, stdout: BinaryIO | None = None) -> SpectrumOutcom
             "jac spectrum needs scipy: pip install 'jaccli[spectrum]' (or pip install scipy)"
         ) from None
     request = replace(request, dtype=request.dtype or "float64")
+    _check_keys(request, problem)
     with contextlib.redirect_stdout(sys.stderr):  # the user's code may print
         return _run(request, problem)
 
@@ -400,10 +401,6 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
     timings.series("function alone", lambda: [fn(*s) for s in samples], request.repeat, request.warmup)
     results = _results(problem, spectra, batch is not None, vectors=request.out not in (None, "-"))
     if request.select is not None:
-        if request.select not in results:
-            raise InputError(
-                f"--select {request.select!r}: no such result; the keys are {', '.join(results)}"
-            )
         results = {request.select: results[request.select]}
     notes = sorted({n for s in spectra for n in s.notes})
     solver = "dense numpy.linalg" if spectra[0].method.startswith("dense") else f"ARPACK {problem.solver}"
@@ -416,6 +413,32 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
     )
     del np
     return SpectrumOutcome(results, spectra, problem, shape, timings, request, notes)
+
+
+KEYS = {
+    "svd": ("singular_values", "residuals", "condition", "condition_kind", "rank", "rank_kind", "rank_tol"),
+    "eig": ("eigenvalues.real", "eigenvalues.imag", "residuals"),
+    "hessian": ("eigenvalues", "residuals"),
+}
+VECTOR_KEYS = {
+    "svd": ("left_vectors", "right_vectors"),
+    "eig": ("eigenvectors.real", "eigenvectors.imag"),
+    "hessian": ("eigenvectors",),
+}
+
+
+def _check_keys(request: Any, problem: Problem) -> None:
+    """--select and the output format against the keys this request will give, before any work."""
+    from jaccli.outputs import check_count
+    from jaccli.runner import output_format
+
+    keys = [*KEYS[problem.name], "products"]
+    if request.out not in (None, "-"):
+        keys += VECTOR_KEYS[problem.name]
+    if request.select is not None and request.select not in keys:
+        raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(keys)}")
+    chosen = [request.select] if request.select else keys
+    check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
 
 
 def _results(problem: Problem, spectra: list, batched: bool, vectors: bool) -> dict:
