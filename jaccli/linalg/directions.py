@@ -20,7 +20,6 @@ not done for directions yet).
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -100,9 +99,8 @@ def _expanded(tensor: Any, k: int) -> Any:
 
 def run_directions(request: Any) -> Any:
     """The whole command (called by runner._run): an Outcome keyed as plain jvp/vjp, K leading."""
-    import torch
 
-    from jaccli import arguments, memory, modules, transforms
+    from jaccli import arguments, modules, transforms
     from jaccli.routing import evaluate
     from jaccli.runner import Outcome, _footer, _setup, _to_host
 
@@ -178,7 +176,6 @@ def run_directions(request: Any) -> Any:
                     ", then the batch" if batch is not None else ""
                 )
     _footer(timings, command, f"{compute.label} over {k} directions", setup)
-    del torch, memory
     return Outcome(results, notes, dtypes, timings)
 
 
@@ -328,7 +325,3 @@ class Products:
 
 def _reraise(exc: BaseException) -> Any:
     raise exc
-
-
-def size_of(tree: Any) -> int:
-    return sum(math.prod(t.shape) for _, t in trees.leaves(tree))

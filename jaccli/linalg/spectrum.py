@@ -360,7 +360,6 @@ def run_spectrum(request: Any, stdout: BinaryIO | None = None) -> SpectrumOutcom
 
 
 def _run(request: Any, problem: Problem) -> SpectrumOutcome:
-    import numpy as np
     import torch
 
     from jaccli import transforms
@@ -411,7 +410,6 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
         dtype=str(primals[0].dtype).replace("torch.", ""),
         torch=str(torch.__version__),
     )
-    del np
     return SpectrumOutcome(results, spectra, problem, shape, timings, request, notes)
 
 
@@ -500,8 +498,6 @@ def deliver_spectrum(outcome: SpectrumOutcome, text_stdout: IO[str], stdout: IO[
 
 def render(stream: IO[str], outcome: SpectrumOutcome) -> None:
     """A small table per spectrum; values to 6 significant digits."""
-    import numpy as np
-
     problem, request = outcome.problem, outcome.request
     m, n = outcome.shape
     what = problem.what
@@ -533,7 +529,6 @@ def render(stream: IO[str], outcome: SpectrumOutcome) -> None:
         used = ", ".join(f"{v} for the {k}" for k, v in s.products.items() if v)
         stream.write(f"products: {sum(s.products.values())} ({used})\n")
     stream.flush()
-    del np
 
 
 def _number(value: Any) -> str:
