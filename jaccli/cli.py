@@ -306,7 +306,7 @@ def hvp(**options: Any) -> None:
 
 @cli.command(epilog=EPILOG_TAIL)
 @function_and_primals
-@click.option("--top", type=int, default=6, show_default=True, metavar="K", help="How many values.")
+@click.option("--top", type=int, metavar="K", help="How many values [default: 6, fewer if J has fewer].")
 @click.option(
     "--which",
     type=click.Choice(["largest", "smallest"]),

@@ -70,7 +70,7 @@ class Request:
     warmup: int | None = None
     stdin: BinaryIO | None = None
     n_directions: int | None = None  # jvp, vjp --directions K: inputs and results lead with K directions
-    top: int = 6  # spectrum: how many values
+    top: int | None = None  # spectrum: how many values (None: 6, fewer for a J with fewer)
     which: str = "largest"  # spectrum: largest or smallest
     eig: bool = False  # spectrum: eigenvalues of a square J instead of singular values
     hessian: bool = False  # spectrum: eigenvalues of the Hessian (eigsh over H.v)

@@ -102,7 +102,7 @@ def problem_of(request: Any) -> Problem:
 
 
 def check_options(request: Any, problem: Problem) -> None:
-    if request.top < 1:
+    if request.top is not None and request.top < 1:
         raise InputError(f"--top {request.top}: ask for 1 or more values")
     if request.which not in WHICH:
         raise InputError(f"--which {request.which!r}: use largest or smallest")
@@ -114,6 +114,14 @@ def check_options(request: Any, problem: Problem) -> None:
         raise InputError(f"--rank-tol {request.rank_tol}: a tolerance is 0 or more")
     if request.tol is not None and request.tol < 0:
         raise InputError(f"--tol {request.tol}: a tolerance is 0 or more")
+
+
+DEFAULT_TOP = 6
+
+
+def default_top(shape: tuple[int, int]) -> int:
+    """Without --top: 6, or every value ARPACK-style requests allow on a smaller J (at least 1)."""
+    return max(1, min(DEFAULT_TOP, min(shape) - 1))
 
 
 def check_size(problem: Problem, k: int, shape: tuple[int, int]) -> None:
@@ -131,7 +139,7 @@ def check_size(problem: Problem, k: int, shape: tuple[int, int]) -> None:
             f"--top {k}: J is {m} x {n}, so it has {size} {noun}; jac spectrum finds at most {size - 1} "
             f"(--top {max(size - 1, 1)}); for all of them form J (jac jacobian --flatten), then numpy.linalg"
             if size > 1
-            else f"--top {k}: J is {m} x {n}: its one value is J itself (jac jacobian)"
+            else f"J is {m} x {n}: its one singular value is the norm of J itself (jac jacobian, or jac vjp)"
         )
 
 
@@ -391,11 +399,10 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
         for sample in samples:
             op = kind(fn, sample, wrt, request.has_aux)
             shape = op.shape
-            check_size(problem, request.top, op.shape)
+            k = request.top if request.top is not None else default_top(op.shape)
+            check_size(problem, k, op.shape)
             spectra.append(
-                solve(
-                    op, problem, request.top, request.which, request.by, request.seed, tol, request.rank_tol
-                )
+                solve(op, problem, k, request.which, request.by, request.seed, tol, request.rank_tol)
             )
     timings.series("function alone", lambda: [fn(*s) for s in samples], request.repeat, request.warmup)
     results = _results(problem, spectra, batch is not None, vectors=request.out not in (None, "-"))
