@@ -65,3 +65,20 @@ def mode_cases() -> list[dict]:
             "batch_dim": 0,
         },
     ]
+
+
+def mlp_64_512() -> nn.Module:
+    """The 64 -> 512 -> 64 tanh MLP of the directions benchmark (float32)."""
+    return mlp([64, 512, 64])
+
+
+def banded(x: torch.Tensor) -> torch.Tensor:
+    """A nonlinear stencil on a line (n = x.numel(), any size, never formed by jac spectrum): a
+    diagonal with a few large, well separated entries near i = 0 (d_i = 1 + 4 * 0.7^i), a cubic
+    term, diffusion and a little advection (so J is not symmetric). The top singular values and
+    eigenvalues stand apart from the bulk near 1, which ARPACK finds in few products."""
+    n = x.numel()
+    d = 1 + 4 * 0.7 ** torch.arange(n, dtype=x.dtype)
+    left = torch.cat([x.new_zeros(1), x[:-1]])
+    right = torch.cat([x[1:], x.new_zeros(1)])
+    return d * x + 0.1 * x**3 + 0.1 * (left - 2 * x + right) + 0.05 * (right - left)

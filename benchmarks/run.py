@@ -18,6 +18,8 @@ shared machine hits them all; it reports min and median over rounds. Sections:
 - distributed: one process against two torchrun ranks on the same Jacobian.
 - mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev, through jac's own
   code path (``jaccli.run``), on functions where the choice matters and where it does not.
+- directions, spectrum: `--directions 64` against 64 runs and torch.func.vmap(jvp); `jac
+  spectrum` on n = 1,000,000 and against numpy on n = 2,048 (see bench_linalg.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(HERE))
 import bench_compile  # noqa: E402
 import bench_engines  # noqa: E402
 import bench_functions  # noqa: E402
+import bench_linalg  # noqa: E402
 import bench_scale  # noqa: E402
 
 
@@ -124,6 +127,8 @@ SECTIONS = {
     "memory": bench_scale.section_memory,
     "distributed": bench_scale.section_distributed,
     "mode": _mode,
+    "directions": bench_linalg.section_directions,
+    "spectrum": bench_linalg.section_spectrum,
 }
 QUICK_SECTIONS = ("help", "oneshot", "steady")  # --quick with no section named: these
 

@@ -45,6 +45,7 @@ def cli() -> None:
     jac vjp    FUNC -p X -u U   f(x) and the vector-Jacobian product u^T.J, per primal
     jac jacfwd FUNC -p X        the Jacobian, forward mode
     jac jacrev FUNC -p X        the Jacobian, reverse mode
+    jac spectrum FUNC -p X      singular values (or eigenvalues) of J, from products alone
     jac run    CONFIG           the command a YAML config names, with its inputs and options
 
     FUNC is module:name, path/to/file.py:name, module:Obj.attr or module:factory().
@@ -144,6 +145,15 @@ _TANGENTS = array_option(
     "May be left out when every primal has one element (v = 1).",
 )
 
+_DIRECTIONS = click.option(
+    "--directions",
+    "n_directions",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="K directions at once: each tangent (cotangent) has a leading axis of K, as has the result; "
+    "a generator draws K. One process, vmap over the transform.",
+)
+
 
 @transform_command(
     """f(x) and the Jacobian-vector product J.v (forward mode, torch.func.jvp).
@@ -156,8 +166,10 @@ _TANGENTS = array_option(
       jac jvp mymod:f -p "[[1,1],[1,1],[1,1]]" -t "[[1,2],[3,4],[5,6]]"
       jac jvp mymod:f -p 0.5                  # one-element input: v defaults to 1
       jac jvp mymod:f -p x.npy -p y.npy -t randn --dtype float64
+      jac jvp "examples/mlp.py:model()" -p randn:4 -t randn --directions 64   # 64 J.v at once
     """,
     _TANGENTS,
+    _DIRECTIONS,
 )
 def jvp(**options: Any) -> None:
     _execute("jvp", options)
@@ -173,6 +185,7 @@ def jvp(**options: Any) -> None:
       jac vjp examples/quickstart.py:loss -p examples/x.npy          # a gradient
       jac vjp examples/two_inputs.py:f -p examples/xy.npz -u examples/u.yaml
       jac vjp "examples/mlp.py:model()" -p examples/mlp_x.npy -u ones --wrt params
+      jac vjp "examples/mlp.py:model()" -p randn:4 -u randn --directions 2     # the rows of J
     """,
     array_option(
         "-u",
@@ -180,6 +193,7 @@ def jvp(**options: Any) -> None:
         "The vector u, one per output (a mapping keyed like a dict output); 'ones' or 'randn' "
         "alone stands for all. May be left out when the output has one element (u = 1).",
     ),
+    _DIRECTIONS,
 )
 def vjp(**options: Any) -> None:
     _execute("vjp", options)
@@ -288,6 +302,80 @@ def hessian(**options: Any) -> None:
 )
 def hvp(**options: Any) -> None:
     _execute("hvp", options)
+
+
+@cli.command(epilog=EPILOG_TAIL)
+@function_and_primals
+@click.option("--top", type=int, metavar="K", help="How many values [default: 6, fewer if J has fewer].")
+@click.option(
+    "--which",
+    type=click.Choice(["largest", "smallest"]),
+    default="largest",
+    show_default=True,
+    help="The largest or the smallest values.",
+)
+@click.option("--eig", is_flag=True, help="Eigenvalues of a square J (ARPACK eigs), not singular values.")
+@click.option("--hessian", is_flag=True, help="Eigenvalues of the Hessian of a one-element function (eigsh).")
+@click.option(
+    "--by",
+    type=click.Choice(["magnitude", "real"]),
+    default="magnitude",
+    show_default=True,
+    help="--eig, --hessian: order eigenvalues by magnitude or by real part.",
+)
+@click.option(
+    "--rank-tol",
+    type=float,
+    metavar="TOL",
+    help="Numerical rank: singular values above TOL x the largest [default: max(m, n) x eps].",
+)
+@click.option("--tol", type=float, metavar="TOL", help="ARPACK's relative accuracy [default: machine eps].")
+@argnums_option
+@click.option(
+    "--batch-dim",
+    type=int,
+    metavar="N",
+    help="The primals carry a batch along dimension N: one spectrum per sample, batch first.",
+)
+@module_options
+@inputs_and_device
+@output_options
+@timing_options
+@config_option
+def spectrum(**options: Any) -> None:
+    """Singular values of J (or eigenvalues of J or of the Hessian) from products alone.
+
+    ARPACK (scipy.sparse.linalg svds, eigs, eigsh) over J.v and J^T.u (H.v for --hessian);
+    J is never formed, except from products when it has 16 values or fewer. Computes in
+    float64 (--dtype keeps another). Prints each value with the residual of its pair, the
+    products used and, for singular values, the condition number and numerical rank. Keys:
+    singular_values, residuals, condition, rank, products (left_vectors, right_vectors into
+    -o); eigenvalues(.real/.imag), eigenvectors(.real/.imag) with --eig or --hessian.
+    Needs scipy (pip install 'jaccli[spectrum]').
+
+    \b
+    Examples:
+      jac spectrum examples/stencil.py:smooth -p randn:400 --top 4
+      jac spectrum examples/rk4.py:step -p examples/pendulum_y0.yaml --eig --top 1
+      jac spectrum "examples/mlp.py:loss()" -p examples/mlp_x.npy --wrt params --hessian --by real
+    """
+    from jaccli.linalg.spectrum import deliver_spectrum, run_spectrum
+
+    request = _request("spectrum", options)
+    quiet = _quiet(options)
+    outcome = run_spectrum(request, stdout=sys.stdout.buffer)
+    deliver_spectrum(outcome, sys.stdout, sys.stdout.buffer)
+    if quiet:
+        return
+    for note in outcome.notes:
+        click.echo(f"jac: note: spectrum: {note}", err=True)
+    if request.out not in (None, "-"):
+        keys = list(outcome.results)
+        click.echo(f"wrote {len(keys)} result(s) ({', '.join(keys)}) to {request.out}", err=True)
+    if not options["no_timings"]:
+        from jaccli.render import render_timings
+
+        render_timings(sys.stderr, outcome.timings)
 
 
 @cli.command(

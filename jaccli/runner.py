@@ -69,6 +69,14 @@ class Request:
     repeat: int | None = None  # None: automatic (see timing.series)
     warmup: int | None = None
     stdin: BinaryIO | None = None
+    n_directions: int | None = None  # jvp, vjp --directions K: inputs and results lead with K directions
+    top: int | None = None  # spectrum: how many values (None: 6, fewer for a J with fewer)
+    which: str = "largest"  # spectrum: largest or smallest
+    eig: bool = False  # spectrum: eigenvalues of a square J instead of singular values
+    hessian: bool = False  # spectrum: eigenvalues of the Hessian (eigsh over H.v)
+    by: str = "magnitude"  # spectrum: eigenvalues ordered by magnitude or real part
+    rank_tol: float | None = None  # spectrum: numerical rank counts values above rank_tol * s_max
+    tol: float | None = None  # spectrum: ARPACK's relative accuracy (None: machine precision)
 
 
 @dataclass
@@ -141,6 +149,7 @@ class Setup:
     device: Any
     timings: Timings
     rng: Any
+    tangent_sources: list = field(default_factory=list)  # as read, for --directions (linalg.directions)
 
 
 def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
@@ -192,11 +201,13 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
         argnums = tuple(range(len(primals)))  # every parameter, keyed by name
     argnums = transforms.normalize_argnums(argnums, len(primals))
     tangents = None
-    if request.command in ("jvp", "hvp"):
+    if request.command in ("jvp", "hvp") and request.n_directions is None:
         tangents = arguments.tangent_tensors(
             tangent_sources, primals, rng, names, request.command, request.batch_dim
         )
-    return Setup(fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng)
+    return Setup(
+        fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng, tangent_sources
+    )
 
 
 def _run(request: Request) -> Outcome:
@@ -204,6 +215,10 @@ def _run(request: Request) -> Outcome:
     from jaccli.routing import Router, evaluate
 
     command = request.command
+    if request.n_directions is not None:  # many tangents or cotangents at once: jaccli.linalg.directions
+        from jaccli.linalg.directions import run_directions
+
+        return run_directions(request)
     setup = _setup(request, transforms.COMMANDS)
     fn, primals, names, argnums = setup.fn, setup.primals, setup.names, setup.argnums
     tangents, timings, rng = setup.tangents, setup.timings, setup.rng

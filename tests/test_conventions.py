@@ -76,6 +76,7 @@ JSON_COMMANDS = {
     "hessian": ["hessian", f"{QUICK}:loss", "-p", f"{EXAMPLES}/x.npy"],
     "hvp": ["hvp", f"{QUICK}:loss", "-p", f"{EXAMPLES}/x.npy", "-t", f"{EXAMPLES}/v.npy"],
     "check": ["check", f"{QUICK}:f", "-p", f"{EXAMPLES}/x.npy"],
+    "spectrum": ["spectrum", f"{QUICK}:f", "-p", f"{EXAMPLES}/x.npy"],
     "run": ["run", str(ROOT / "configs" / "rosenbrock-hessian.yaml")],
     "info": ["info"],
 }

@@ -1,0 +1,327 @@
+"""``jac jvp|vjp --directions K``: J.v for K tangents, or u^T.J for K cotangents, in one process.
+
+Each tangent (cotangent) carries a leading axis of K directions: a file's leading axis must be
+K, a generator draws K (``-t randn --directions 64``). The results ``jvp`` (``vjp.<i>``) lead
+with that axis; ``output`` and ``aux`` are the function's, once.
+
+How the K products are computed is data (``ROUTES``), tried in order, falling back (and saying
+so) when torch.func cannot transform the function:
+
+- vmap: ``torch.func.vmap`` over the transform (jvp, or vjp, whose forward pass is shared);
+- linearize: ``torch.func.linearize`` once, its linear map vmapped over the directions (jvp only);
+- loop: one transform per direction, torch.func, then torch.autograd as the last resort.
+
+With ``--repeat`` (steady state matters) the routes marked ``trial`` are timed on the first
+chunk and the fastest kept, as ``--mode auto`` does. When the K products and the work of
+computing them at once would not fit in ``--max-memory`` (default: 80% of free memory), the
+directions go in chunks. A result larger than memory is refused (streaming it to ``.npy`` is
+not done for directions yet).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jaccli import trees
+from jaccli.errors import InputError, human_size
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    commands: tuple[str, ...]
+    engine: str  # func or autograd
+    batched_ok: bool  # works under --batch-dim
+    aux_ok: bool  # works with --has-aux
+    trial: bool  # timed against the other trial routes under --repeat
+
+
+ROUTES = (
+    Route("vmap", ("jvp", "vjp"), "func", True, True, True),
+    Route("linearize", ("jvp",), "func", False, False, True),
+    Route("loop", ("jvp", "vjp"), "func", True, True, False),
+    Route("loop (torch.autograd)", ("jvp", "vjp"), "autograd", True, True, False),
+)
+TRIAL_RUNS = 3
+
+
+def routes_for(command: str, engine: str, batched: bool, has_aux: bool) -> list[Route]:
+    return [
+        r
+        for r in ROUTES
+        if command in r.commands
+        and engine in ("auto", r.engine)
+        and (r.batched_ok or not batched)
+        and (r.aux_ok or not has_aux)
+    ]
+
+
+def check_request(request: Any) -> None:
+    """Options --directions cannot go with, before any work."""
+    k = request.n_directions
+    if request.command not in ("jvp", "vjp"):
+        raise InputError(f"--directions is for jvp and vjp; {request.command} does not take it")
+    if k < 1:
+        raise InputError(f"--directions {k}: give 1 or more directions")
+    if request.compile:
+        raise InputError("--directions with --compile is not supported; use one or the other")
+    if request.strict and request.batch_dim is not None:
+        raise InputError("--directions with --strict and --batch-dim is not supported; drop --strict")
+
+
+def leading_axis(sources: list, k: int, option: str) -> None:
+    """Every array read for ``option`` must lead with K directions."""
+    from jaccli.inputs import Generator
+
+    for source in sources:
+        if isinstance(source, Generator):
+            if source.shape is not None:
+                raise InputError(
+                    f"{source.origin}: with --directions, a generator takes its shape from the "
+                    f"{'primals' if option == '--tangents' else 'output'}: write {option} {source.kind}"
+                )
+            continue
+        for array in source:
+            shape = tuple(array.data.shape)
+            if not shape or shape[0] != k:
+                raise InputError(
+                    f"{array.origin}: --directions {k} needs a leading axis of {k} directions; this "
+                    f"array has shape {shape} (stack one {option.strip('-')[:-1]} per direction along axis 0)"
+                )
+
+
+def _expanded(tensor: Any, k: int) -> Any:
+    return tensor.expand(k, *tensor.shape)
+
+
+def run_directions(request: Any) -> Any:
+    """The whole command (called by runner._run): an Outcome keyed as plain jvp/vjp, K leading."""
+
+    from jaccli import arguments, modules, transforms
+    from jaccli.routing import evaluate
+    from jaccli.runner import Outcome, _footer, _setup, _to_host
+
+    check_request(request)
+    command, k, batch = request.command, request.n_directions, request.batch_dim
+    setup = _setup(request, ("jvp", "vjp"))
+    fn, primals, names, timings, rng = setup.fn, setup.primals, setup.names, setup.timings, setup.rng
+    with timings.phase("function, first call"):
+        output, aux = transforms.call_function(
+            lambda *p: evaluate(fn, p, batch, request.engine), primals, request.has_aux
+        )
+    if command == "jvp":
+        sources = setup.tangent_sources
+        if not sources:
+            raise InputError(
+                f"--directions {k} needs --tangents/-t: a file whose arrays lead with {k} directions, "
+                f"or a generator (-t randn)"
+            )
+        leading_axis(sources, k, "--tangents")
+        like = [_expanded(p, k) for p in primals]
+        directions = arguments.tangent_tensors(sources, like, rng, names, "jvp")
+    else:
+        sources = setup.cotangent_sources
+        if not sources:
+            raise InputError(
+                f"--directions {k} needs --cotangents/-u: a file whose arrays lead with {k} directions, "
+                f"or a generator (-u randn)"
+            )
+        leading_axis(sources, k, "--cotangents")
+        directions = arguments.cotangent_tree(
+            sources, trees.map_leaves(lambda t: _expanded(t, k), output), rng
+        )
+    if request.strict:
+        transforms.strict_check(fn, primals, tuple(range(len(primals))), request.has_aux)
+
+    chunk = _chunk(request, primals, output, k)
+    compute = Products(command, fn, primals, directions, request.has_aux, batch, chunk)
+    candidates = routes_for(command, request.engine, batch is not None, request.has_aux)
+    with timings.phase("first call"):
+        tree = compute.first(candidates, trial=bool(request.repeat))
+    timings.notes.extend(compute.fallbacks)
+    if compute.timed:
+        from jaccli.render import duration
+
+        timings.footer["choice"] = "fastest on the first chunk of " + ", ".join(
+            f"{name} {duration(t)}" for name, t in compute.timed.items()
+        )
+    if chunk < k:
+        timings.footer["memory"] = f"memory: computed in chunks of {chunk} directions ({compute.why})"
+    first = timings.get("first call").times[0]
+    timings.series("steady-state compute", compute.run, request.repeat, request.warmup, per_run_s=first)
+    timings.series(
+        "function alone", lambda: evaluate(fn, primals, batch, request.engine), request.repeat, request.warmup
+    )
+    with timings.phase("move to host"):
+        whole = {"output": output, command: tree}
+        if request.has_aux:
+            whole["aux"] = aux
+        rename = (lambda key: modules.rename_key(key, command, names, 0)) if names else (lambda key: key)
+        flat = {rename(key): value for key, value in trees.leaves(whole)}
+        if request.select is not None and request.select not in flat:
+            raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(flat)}")
+        chosen = [request.select] if request.select else list(flat)
+        from jaccli.outputs import check_count
+        from jaccli.runner import output_format
+
+        check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
+        results, dtypes, notes = {}, {}, {}
+        for key in chosen:
+            results[key], dtypes[key] = _to_host(flat[key], key)
+            if key.startswith(command):
+                notes[key] = f"a leading axis of {k} directions: one {command} per direction" + (
+                    ", then the batch" if batch is not None else ""
+                )
+    _footer(timings, command, f"{compute.label} over {k} directions", setup)
+    return Outcome(results, notes, dtypes, timings)
+
+
+def _chunk(request: Any, primals: list, output: Any, k: int) -> int:
+    """Directions per chunk so that the results and the work in flight fit in memory."""
+    from jaccli.memory import allowed_bytes
+
+    itemsize = max([p.element_size() for p in primals] + [t.element_size() for _, t in trees.leaves(output)])
+    n_in = sum(p.numel() for p in primals)
+    n_out = sum(t.numel() for _, t in trees.leaves(output))
+    per_direction = (n_out if request.command == "jvp" else n_in) * itemsize
+    work = 2 * (n_in + n_out) * itemsize
+    allowed = allowed_bytes(request.max_memory)
+    where = "--max-memory" if request.max_memory is not None else "80% of the memory free now"
+    result = k * per_direction
+    if result + work > allowed:
+        raise InputError(
+            f"--directions {k}: the {request.command} results would take {human_size(result)}, more than "
+            f"{where} ({human_size(allowed)}); ask for fewer directions per run, or raise --max-memory"
+        )
+    if result + k * work <= allowed:
+        return k
+    return max(1, int((allowed - result) // work))
+
+
+class Products:
+    """The K products by one route, chunk by chunk; ``first`` chooses the route."""
+
+    def __init__(self, command, fn, primals, directions, has_aux, batch, chunk) -> None:  # noqa: ANN001
+        self.command, self.fn, self.primals = command, fn, list(primals)
+        self.directions, self.has_aux, self.batch, self.chunk = directions, has_aux, batch, chunk
+        self.k = trees.leaves(directions)[0][1].shape[0]
+        self.route: Route | None = None
+        self.fallbacks: list[str] = []
+        self.timed: dict[str, float] = {}
+        self.why = f"{self.chunk} of {self.k} directions at a time fit in memory"
+
+    @property
+    def label(self) -> str:
+        route = self.route.name if self.route else "?"
+        autograd = self.route is not None and self.route.engine == "autograd"
+        return f"{route} ({'torch.autograd' if autograd else 'torch.func'})"
+
+    def first(self, candidates: list[Route], trial: bool) -> Any:
+        from jaccli.transforms import failure_reason, guarded
+
+        working: list[tuple[Route, Any, float]] = []
+        failures = []
+        for route in candidates:
+            if working and not (trial and route.trial and working[0][0].trial):
+                break
+            try:
+                start = time.perf_counter()
+                tree = self._run(route)
+                elapsed = time.perf_counter() - start
+            except Exception as exc:
+                reason = failure_reason(exc)
+                if reason is None or route is candidates[-1]:
+                    if working:
+                        break
+                    guarded(lambda exc=exc: _reraise(exc), self.command)
+                failures.append(f"{route.name}: {reason}")
+                continue
+            working.append((route, tree, elapsed))
+        if failures:
+            self.fallbacks.append(
+                f"--directions: {', '.join(failures)} could not run; fell back to {working[0][0].name}"
+            )
+        if len(working) > 1:
+            for route, _, _ in working:
+                self.timed[route.name] = self._time(route)
+            best = min(working, key=lambda w: self.timed[w[0].name])
+            self.route = best[0]
+            return best[1]
+        self.route = working[0][0]
+        return working[0][1]
+
+    def _time(self, route: Route) -> float:
+        times = []
+        for _ in range(TRIAL_RUNS):
+            start = time.perf_counter()
+            self._chunk(route, 0, self.chunk)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def run(self) -> Any:
+        from jaccli.transforms import guarded
+
+        return guarded(lambda: self._run(self.route), self.command)
+
+    def _run(self, route: Route) -> Any:
+        import torch
+
+        parts = [
+            self._chunk(route, start, min(start + self.chunk, self.k))
+            for start in range(0, self.k, self.chunk)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        stacked = [
+            torch.cat([dict(trees.leaves(p))[key] for p in parts]) for key, _ in trees.leaves(parts[0])
+        ]
+        return trees.unflatten(parts[0], stacked)
+
+    def _slice(self, start: int, stop: int) -> Any:
+        return trees.map_leaves(lambda t: t[start:stop], self.directions)
+
+    def _chunk(self, route: Route, start: int, stop: int) -> Any:
+        import torch
+        import torch.func as tf
+
+        block = self._slice(start, stop)
+        if route.name == "vmap":
+            if self.command == "jvp":
+                return tf.vmap(lambda *d: self._one(list(d), "func"))(*block)
+            return tf.vmap(lambda d: self._one(d, "func"))(block)
+        if route.name == "linearize":
+            _, jvp_fn = tf.linearize(self.fn, *self.primals)
+            return tf.vmap(jvp_fn)(*block)
+        engine = route.engine
+        count = stop - start
+        if self.command == "jvp":
+            each = [self._one([t[i] for t in block], engine) for i in range(count)]
+        else:
+            each = [self._one(trees.map_leaves(lambda t, i=i: t[i], block), engine) for i in range(count)]
+        stacked = [
+            torch.stack([dict(trees.leaves(e))[key] for e in each]) for key, _ in trees.leaves(each[0])
+        ]
+        return trees.unflatten(each[0], stacked)
+
+    def _one(self, direction: Any, engine: str) -> Any:
+        """The product along one direction (per sample under --batch-dim)."""
+        from jaccli.routing import per_sample
+        from jaccli.transforms import compute_raw
+
+        option = "tangents" if self.command == "jvp" else "cotangents"
+
+        def one(*primals: Any, **given: Any) -> Any:
+            return compute_raw(self.command, self.fn, primals, has_aux=self.has_aux, engine=engine, **given)
+
+        if self.batch is None:
+            got = one(*self.primals, **{option: direction})
+        else:
+            got = per_sample(one, self.primals, {option: direction}, self.batch, loop=engine == "autograd")
+        return got[self.command]
+
+
+def _reraise(exc: BaseException) -> Any:
+    raise exc

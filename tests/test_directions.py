@@ -1,0 +1,226 @@
+"""jvp/vjp --directions K: K products in one run equal K single runs, and torch.func's."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import EXAMPLES, assert_clean_error, jac, write_module
+
+MLP = f"{EXAMPLES / 'mlp.py'}:model()"
+TWO = f"{EXAMPLES / 'two_inputs.py'}:f"
+
+LAYER = """
+import torch
+
+def f(x, y):
+    w = torch.linspace(-1.0, 1.0, x.numel() * 3, dtype=x.dtype).reshape(3, x.numel())
+    return torch.tanh(w @ x) * y.sum() + y[:3] ** 2
+
+def split(x):
+    return {"a": torch.sin(x), "b": (x ** 3).sum()}
+"""
+
+
+def _npz(run):
+    assert run.code == 0, run
+    return run.npz()
+
+
+def _single(command, func, *args):
+    return _npz(jac(command, func, *args, "--format", "npz", "--repeat", "0", "--no-timings", *_f64(func)))
+
+
+def _many(command, func, *args):
+    return _npz(jac(command, func, *args, "--format", "npz", "--repeat", "0", "--no-timings", *_f64(func)))
+
+
+def _f64(func):
+    return ("--dtype", "float64") if func == MLP else ()
+
+
+def test_jvp_directions_equal_single_runs_with_several_primals(workdir):
+    write_module(workdir, "layer", LAYER)
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal(4), rng.standard_normal(5)
+    np.save("x.npy", x)
+    np.save("y.npy", y)
+    k = 5
+    tx, ty = rng.standard_normal((k, 4)), rng.standard_normal((k, 5))
+    np.savez("t.npz", tx=tx, ty=ty)
+    got = _many("jvp", "layer:f", "-p", "x.npy", "-p", "y.npy", "-t", "t.npz", "--directions", str(k))
+    assert got["jvp"].shape == (k, 3)
+    for i in range(k):
+        np.save("tx.npy", tx[i])
+        np.save("ty.npy", ty[i])
+        one = _single("jvp", "layer:f", "-p", "x.npy", "-p", "y.npy", "-t", "tx.npy", "-t", "ty.npy")
+        np.testing.assert_allclose(got["jvp"][i], one["jvp"], rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(got["output"], one["output"])
+    def f(a, b):
+        w = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
+        return torch.tanh(w @ a) * b.sum() + b[:3] ** 2
+
+    want = torch.func.vmap(lambda u, v: torch.func.jvp(f, (torch.tensor(x), torch.tensor(y)), (u, v))[1])(
+        torch.tensor(tx), torch.tensor(ty)
+    )
+    np.testing.assert_allclose(got["jvp"], want.numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_vjp_directions_equal_single_runs_with_a_dict_output(workdir):
+    rng = np.random.default_rng(4)
+    k = 3
+    product, energy = rng.standard_normal((k, 3)), rng.standard_normal(k)
+    np.savez("u.npz", product=product, energy=energy)
+    xy = str(EXAMPLES / "xy.npz")
+    got = _many("vjp", TWO, "-p", xy, "-u", "u.npz", "--directions", str(k), "--dtype", "float64")
+    assert got["vjp.0"].shape == (k, 3) and got["vjp.1"].shape == (k, 3)
+    for i in range(k):
+        np.savez("ui.npz", product=product[i], energy=energy[i])
+        one = _single("vjp", TWO, "-p", xy, "-u", "ui.npz", "--dtype", "float64")
+        for key in ("vjp.0", "vjp.1"):
+            np.testing.assert_allclose(got[key][i], one[key], rtol=1e-13, atol=1e-15)
+
+
+def test_jvp_of_a_dict_output_leads_every_leaf_with_the_directions(workdir):
+    write_module(workdir, "layer", LAYER)
+    rng = np.random.default_rng(5)
+    np.save("x.npy", rng.standard_normal(6))
+    t = rng.standard_normal((4, 6))
+    np.save("t.npy", t)
+    got = _many("jvp", "layer:split", "-p", "x.npy", "-t", "t.npy", "--directions", "4")
+    assert got["jvp.a"].shape == (4, 6) and got["jvp.b"].shape == (4,)
+    x = np.load("x.npy")
+    np.testing.assert_allclose(got["jvp.a"], np.cos(x) * t, rtol=1e-13)
+    np.testing.assert_allclose(got["jvp.b"], t @ (3 * x**2), rtol=1e-13)
+
+
+def test_batch_dim_directions_lead_then_the_batch(workdir):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 4))
+    t = rng.standard_normal((3, 5, 4))
+    np.save("x.npy", x)
+    np.save("t.npy", t)
+    got = _many("jvp", MLP, "-p", "x.npy", "-t", "t.npy", "--directions", "3", "--batch-dim", "0")
+    assert got["jvp"].shape == (3, 5, 2)
+    for i in range(3):
+        np.save("ti.npy", t[i])
+        one = _single("jvp", MLP, "-p", "x.npy", "-t", "ti.npy", "--batch-dim", "0")
+        np.testing.assert_allclose(got["jvp"][i], one["jvp"], rtol=1e-13, atol=1e-15)
+    u = rng.standard_normal((3, 5, 2))
+    np.save("u.npy", u)
+    got = _many("vjp", MLP, "-p", "x.npy", "-u", "u.npy", "--directions", "3", "--batch-dim", "0")
+    assert got["vjp.0"].shape == (3, 5, 4)
+    for i in range(3):
+        np.save("ui.npy", u[i])
+        one = _single("vjp", MLP, "-p", "x.npy", "-u", "ui.npy", "--batch-dim", "0")
+        np.testing.assert_allclose(got["vjp.0"][i], one["vjp.0"], rtol=1e-13, atol=1e-15)
+
+
+def test_a_generator_draws_k_directions_and_ones_repeats_the_single_product():
+    got = _many("jvp", MLP, "-p", "randn:4", "-t", "randn", "--directions", "6")
+    assert got["jvp"].shape == (6, 2)
+    assert len({tuple(row) for row in got["jvp"].round(12)}) == 6  # six different directions
+    ones = _many("jvp", MLP, "-p", "randn:4", "-t", "ones", "--directions", "3")
+    one = _single("jvp", MLP, "-p", "randn:4", "-t", "ones")
+    for row in ones["jvp"]:
+        np.testing.assert_allclose(row, one["jvp"], rtol=1e-13)
+
+
+def test_vjp_directions_with_respect_to_parameters():
+    rng = np.random.default_rng(7)
+    got = _many(
+        "vjp", MLP, "-p", str(EXAMPLES / "mlp_x.npy"), "-u", "randn", "--directions", "2", "--wrt", "params"
+    )
+    assert {k for k in got if k.startswith("vjp.")} == {
+        "vjp.0.weight",
+        "vjp.0.bias",
+        "vjp.2.weight",
+        "vjp.2.bias",
+    }
+    assert got["vjp.0.weight"].shape == (2, 8, 4)
+    del rng
+
+
+def test_trial_chunks_and_linearize_agree_with_vmap(workdir):
+    rng = np.random.default_rng(8)
+    np.save("x.npy", rng.standard_normal(4))
+    np.save("t.npy", rng.standard_normal((16, 4)))
+    base = _many("jvp", MLP, "-p", "x.npy", "-t", "t.npy", "--directions", "16")
+    f64 = ("--dtype", "float64")
+    run = jac(
+        "jvp",
+        MLP,
+        "-p",
+        "x.npy",
+        "-t",
+        "t.npy",
+        "--directions",
+        "16",
+        "--repeat",
+        "2",
+        "--format",
+        "npz",
+        *f64,
+    )
+    assert run.code == 0, run
+    assert "fastest on the first chunk of vmap" in run.stderr and "linearize" in run.stderr
+    np.testing.assert_allclose(run.npz()["jvp"], base["jvp"], rtol=1e-12)
+    run = jac(
+        "jvp",
+        MLP,
+        "-p",
+        "x.npy",
+        "-t",
+        "t.npy",
+        "--directions",
+        "16",
+        "--max-memory",
+        "700",
+        "--format",
+        "npz",
+        *f64,
+    )
+    assert run.code == 0, run
+    assert "computed in chunks of" in run.stderr
+    np.testing.assert_allclose(run.npz()["jvp"], base["jvp"], rtol=1e-12)
+
+
+def test_a_function_vmap_cannot_batch_falls_back_to_a_loop(workdir):
+    write_module(
+        workdir,
+        "itemy",
+        """
+        import torch
+
+        def f(x):
+            return x * float(x.sum().item() > 0) + torch.sin(x)
+        """,
+    )
+    np.save("x.npy", np.abs(np.random.default_rng(9).standard_normal(3)))
+    np.save("t.npy", np.eye(3))
+    run = jac("jvp", "itemy:f", "-p", "x.npy", "-t", "t.npy", "--directions", "3", "--format", "npz")
+    assert run.code == 0, run
+    x = np.load("x.npy")
+    np.testing.assert_allclose(run.npz()["jvp"], np.diag(1 + np.cos(x)), rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["-t", "randn", "--directions", "0"], "--directions"),
+        (["-t", "v.npy", "--directions", "4"], "needs a leading axis of 4 directions"),
+        (["--directions", "4"], "needs --tangents"),
+        (["-t", "randn:3,2", "--directions", "4"], "takes its shape from the primals"),
+    ],
+)
+def test_bad_directions_are_one_line_and_exit_2(args, needle, workdir):
+    np.save("x.npy", np.ones((3, 2)))
+    np.save("v.npy", np.ones((3, 3, 2)))
+    run = jac("jvp", f"{EXAMPLES / 'quickstart.py'}:f", "-p", "x.npy", *args)
+    assert_clean_error(run, 2, needle)
+
+
+def test_directions_on_another_command_is_refused():
+    from jaccli import Request, run
+    from jaccli.errors import InputError
+
+    with pytest.raises(InputError, match="--directions is for jvp and vjp"):
+        run(Request("jacrev", MLP, primals=["randn:4"], n_directions=3))
