@@ -254,7 +254,7 @@ def run_checks(
                 why = failures.get(mode) or whole or "not computed"
                 rows.append(Row(title, "SKIPPED", detail=f"{_MODE[mode]} mode failed: {why}"))
 
-    rows.append(check_more.taylor_row(f, primals, output, modes, random_like, us[0]))
+    rows.append(check_more.taylor_row(f, primals, output, modes, random_like, us[0], tolerance))
     rows.extend(check_more.batched_rows(f, primals, output, tolerance, rng, randomness, random_like))
     if order >= 2:
         rows.extend(check_more.second_order_rows(f, primals, output, tolerance, vs, us[0], random_like))
