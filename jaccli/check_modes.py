@@ -38,6 +38,11 @@ def _reason(exc: BaseException) -> str:
 
     if "must override the setup_context" in str(exc):
         return "a classic-style autograd.Function (forward(ctx, ...), no setup_context): torch.func cannot transform it"
+    if "does not have vmap support" in str(exc):
+        return (
+            "an autograd.Function without a vmap rule (give it a vmap staticmethod or "
+            "generate_vmap_rule = True)"
+        )
     return describe(exc)
 
 
@@ -81,7 +86,7 @@ class Modes:
     def _func_jvp(self, v: Sequence[Any]) -> Any:
         import torch
 
-        return flat_out(torch.func.jvp(self.f, self.primals, tuple(v))[1])
+        return flat_out(torch.func.jvp(self.f, self.primals, tuple(v))[1]).detach()
 
     def _dual_jvp(self, v: Sequence[Any]) -> Any:
         import torch
@@ -94,7 +99,7 @@ class Modes:
             for _, leaf in trees.leaves(out):
                 tangent = fwad.unpack_dual(leaf).tangent
                 parts.append((torch.zeros_like(leaf) if tangent is None else tangent).reshape(-1).clone())
-        return torch.cat(parts)
+        return torch.cat(parts).detach()
 
     # ---- reverse -------------------------------------------------------------------------------
     def vjp(self, u: Any) -> Any:
@@ -123,7 +128,7 @@ class Modes:
 
         if self._pullback is None:
             _, self._pullback = torch.func.vjp(self.f, *self.primals)
-        return flat(self._pullback(u))
+        return flat(self._pullback(u)).detach()
 
     def _autograd_vjp(self, u: Any) -> Any:
         import torch
@@ -141,7 +146,7 @@ class Modes:
         grads = torch.autograd.grad(
             [o for o, _ in pairs], leaves_in, [c for _, c in pairs], retain_graph=True, allow_unused=True
         )
-        return flat([torch.zeros_like(p) if g is None else g for p, g in zip(leaves_in, grads)])
+        return flat([torch.zeros_like(p) if g is None else g for p, g in zip(leaves_in, grads)]).detach()
 
     def _judge(self, first: BaseException, second: BaseException, mode: str) -> None:
         """Both engines failed: a mode torch cannot run (Unavailable), or the function's own error."""
@@ -199,6 +204,6 @@ def basis(tensors: Sequence[Any]):
 
     for i, t in enumerate(tensors):
         for k in range(t.numel()):
-            direction = [torch.zeros_like(q) for q in tensors]
+            direction = [torch.zeros(q.shape, dtype=q.dtype, device=q.device) for q in tensors]
             direction[i].view(-1)[k] = 1
             yield direction
