@@ -48,7 +48,7 @@ def bound(op, sample):
         call = list(fixed)
         for i, t in zip(where, tensors):
             call[i] = t
-        out = sample.output_process_fn_grad(op.gradcheck_wrapper(op, *call, **kwargs))
+        out = sample.output_process_fn_grad(op.gradcheck_wrapper(op.get_op(), *call, **kwargs))
         if isinstance(out, torch.Tensor):
             return out if out.is_floating_point() else out.double()
         picked = [o for o in out if isinstance(o, torch.Tensor) and o.is_floating_point()]

@@ -108,7 +108,7 @@ def taylor_row(
 def _judge_remainders(steps: list, remainders: list, floors: list, how: str, tol: dict, jv_size: float) -> Row:
     finite = [math.isfinite(r) for r in remainders]
     if not any(finite):
-        return Row(TAYLOR, "FAIL", detail="the remainder is not finite for any step h: f(x+hv) is NaN or Inf")
+        return Row(TAYLOR, "SKIPPED", detail="f(x+hv) is NaN or Inf for every step h (outside its domain)")
     last = max(i for i, ok in enumerate(finite) if ok)
     span = f"h = {steps[0]:.3g} .. {steps[last]:.3g}, by {how}"
     worst = remainders[last]

@@ -862,7 +862,7 @@ def test_planted_wrong_derivative_is_flagged(fns, tmp_path, case, full):
     for name, needle in {**case.details, **(case.full_details if full else {})}.items():
         assert needle in rows[name]["detail"], (name, needle, rows[name])
     for row in doc["checks"]:
-        if row["verdict"] == "FAIL":
+        if row["verdict"] == "FAIL" and row["check"] != TAYLOR:  # Taylor: a remainder, not an error
             # the reported error really is beyond the tolerance
             assert not float(row["max_abs_error"]) <= doc["atol"], row
         if row["verdict"] == "PASS" and row["check"] != TAYLOR:  # the Taylor row says its slope
