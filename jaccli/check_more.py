@@ -63,11 +63,14 @@ def taylor_row(
     relative_floor = 2e-12 if dtype == torch.float64 else 1e-4
     v = []
     for p in primals:
-        d = random_like(p)
-        scale = max(1.0, float(p.detach().abs().max())) if p.numel() else 1.0
+        finite = torch.isfinite(p.detach())
+        d = torch.where(finite, random_like(p), torch.zeros_like(p))  # infinite entries stay put
+        sizes = p.detach().abs()[finite]
+        scale = max(1.0, float(sizes.max())) if sizes.numel() else 1.0
         top = float(d.abs().max()) if d.numel() else 1.0
         v.append(d * (scale / top if top > 0 else 1.0))
     base = flat_out(output).detach()
+    keep = torch.isfinite(base)  # entries of f(x) that are Inf or NaN have no Taylor expansion
     try:
         jv, how = modes.jvp(v), "forward mode J.v"
         projection = None
@@ -88,11 +91,13 @@ def taylor_row(
                 h = first / 2**k
                 moved = flat_out(f(*(p + h * d for p, d in zip(primals, v)))).detach()
                 if projection is None:
-                    r = float((moved - base - h * jv).abs().max()) if base.numel() else 0.0
-                    scale = float(moved.abs().max() + base.abs().max() + (h * jv).abs().max())
+                    rest = (moved - base - h * jv)[keep]
+                    r = float(rest.abs().max()) if rest.numel() else 0.0
+                    scale = float(moved[keep].abs().max() + base[keep].abs().max() + (h * jv[keep]).abs().max()) if rest.numel() else 0.0
                 else:
-                    r = float((projection @ (moved - base) - h * jv).abs())
-                    scale = float(projection.abs().sum() * (moved.abs().max() + base.abs().max()) + abs(h * jv))
+                    w = torch.where(keep, projection, torch.zeros_like(projection))
+                    r = float((w @ torch.where(keep, moved - base, torch.zeros_like(base)) - h * jv).abs())
+                    scale = float(w.abs().sum() * (moved[keep].abs().max() + base[keep].abs().max()) + abs(h * jv)) if bool(keep.any()) else 0.0
                 steps.append(h)
                 remainders.append(r)
                 floors.append(relative_floor * scale + 1e-300)

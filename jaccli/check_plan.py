@@ -69,3 +69,11 @@ def require_a_check(report: Any) -> None:
     reasons = sorted({r.detail for r in report.rows if r.counts and r.detail})
     why = reasons[0] if reasons else "every check was skipped"
     raise InputError(f"jac check: no check could run, so there is no verdict: {why}"[:2000])
+
+
+def refuse_sparse(primals: Sequence[Any]) -> None:
+    """Sparse tensors given through the library API: jac checks dense inputs only."""
+    for i, p in enumerate(primals):
+        layout = getattr(p, "layout", None)
+        if layout is not None and str(layout) != "torch.strided":
+            raise InputError(f"jac check: primal {i} is a {str(layout)[6:]} tensor; give a dense one (.to_dense())")

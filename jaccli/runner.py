@@ -661,6 +661,9 @@ def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
     if request.batch_dim is not None:
         raise InputError("jac check does not take --batch-dim; check one sample")
     request = replace(request, dtype=request.dtype or "float64")
+    from jaccli.check_plan import refuse_sparse
+
+    refuse_sparse(request.primals)
     with contextlib.redirect_stdout(sys.stderr):
         return _check(request)
 
