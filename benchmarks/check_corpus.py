@@ -37,7 +37,9 @@ def jac_verdict(args: list[str]) -> tuple[int, dict | None]:
 def main() -> None:
     import layers_corpus as corpus
 
-    print("| layer | style | bug | version | jac o1 | jac o2 | failing rows (jac) | gradcheck | gradgradcheck |")
+    print(
+        "| layer | style | bug | version | jac o1 | jac o2 | failing rows (jac) | gradcheck | gradgradcheck |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in corpus.CASES:
         for version in ("wrong", "right"):

@@ -77,7 +77,9 @@ def main() -> int:
         if not primals or any(p.layout != torch.strided for p in primals):
             counts["skipped: no dense input to differentiate"] += 1
             continue
-        request = Request("check", fn, primals=primals, dtype="float64", repeat=1, warmup=0, order=options.order)
+        request = Request(
+            "check", fn, primals=primals, dtype="float64", repeat=1, warmup=0, order=options.order
+        )
         try:
             outcome = run_check(request)
             counts["PASS" if outcome.report.passed else "FAIL"] += 1
@@ -89,7 +91,10 @@ def main() -> int:
             print(f"exit {int(exc.exit_code)}  {name}: {str(exc)[:200]}", flush=True)
         except Exception as exc:  # noqa: BLE001 - exit 70: a bug in jac
             counts["exit 70"] += 1
-            print(f"exit 70  {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", flush=True)
+            print(
+                f"exit 70  {name}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
+                flush=True,
+            )
     print(f"cases {sum(counts.values())}: {dict(counts)} in {time.perf_counter() - start:.0f} s")
     return 0
 

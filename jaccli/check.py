@@ -8,6 +8,11 @@ Checks, each PASS, FAIL or SKIPPED (with the reason; never counted as a pass):
   (f(x+εv) − f(x−εv)) / 2ε, for several random v; with ``full``, the whole Jacobian column by
   column against the reverse-mode (and forward-mode) Jacobian.
 
+Then the rows of :mod:`jaccli.check_more`: the Taylor remainder, batched rules (vmap against a
+loop), second derivatives (``order=2``) and repeatability. Forward and reverse mode each run by
+the first engine that can (:mod:`jaccli.check_modes`); a row that none can run is SKIPPED, and a
+report with no row run is no pass (:func:`jaccli.check_plan.require_a_check`).
+
 An entry passes when |a − b| <= atol + rtol·|b| (b: the reference), as in torch.allclose; the
 defaults are torch.autograd.gradcheck's (eps 1e-6, atol 1e-5, rtol 1e-3) for float64.
 """

@@ -37,7 +37,10 @@ def _reason(exc: BaseException) -> str:
     from jaccli.errors import describe
 
     if "must override the setup_context" in str(exc):
-        return "a classic-style autograd.Function (forward(ctx, ...), no setup_context): torch.func cannot transform it"
+        return (
+            "a classic-style autograd.Function (forward(ctx, ...), no setup_context): "
+            "torch.func cannot transform it"
+        )
     if "does not have vmap support" in str(exc):
         return (
             "an autograd.Function without a vmap rule (give it a vmap staticmethod or "

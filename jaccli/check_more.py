@@ -33,7 +33,6 @@ from jaccli.check import (
     SECOND_SYMMETRY,
     TAYLOR,
     Row,
-    _central,
     _compare,
 )
 from jaccli.check_modes import Unavailable, flat, flat_out
@@ -93,11 +92,21 @@ def taylor_row(
                 if projection is None:
                     rest = (moved - base - h * jv)[keep]
                     r = float(rest.abs().max()) if rest.numel() else 0.0
-                    scale = float(moved[keep].abs().max() + base[keep].abs().max() + (h * jv[keep]).abs().max()) if rest.numel() else 0.0
+                    scale = (
+                        float(moved[keep].abs().max() + base[keep].abs().max() + (h * jv[keep]).abs().max())
+                        if rest.numel()
+                        else 0.0
+                    )
                 else:
                     w = torch.where(keep, projection, torch.zeros_like(projection))
                     r = float((w @ torch.where(keep, moved - base, torch.zeros_like(base)) - h * jv).abs())
-                    scale = float(w.abs().sum() * (moved[keep].abs().max() + base[keep].abs().max()) + abs(h * jv)) if bool(keep.any()) else 0.0
+                    scale = (
+                        float(
+                            w.abs().sum() * (moved[keep].abs().max() + base[keep].abs().max()) + abs(h * jv)
+                        )
+                        if bool(keep.any())
+                        else 0.0
+                    )
                 steps.append(h)
                 remainders.append(r)
                 floors.append(relative_floor * scale + 1e-300)
@@ -105,12 +114,19 @@ def taylor_row(
         if row.verdict == "PASS":
             return row
     if row.slope is not None and row.slope <= 0.5:  # r(h) does not fall at all: f jumps, not J.v
-        return Row(TAYLOR, "SKIPPED", detail=row.detail + "; the remainder does not fall: f is not "
-                   "smooth along v at these steps (a jump or kink), so the test cannot judge J.v", slope=row.slope)
+        return Row(
+            TAYLOR,
+            "SKIPPED",
+            detail=row.detail + "; the remainder does not fall: f is not "
+            "smooth along v at these steps (a jump or kink), so the test cannot judge J.v",
+            slope=row.slope,
+        )
     return row
 
 
-def _judge_remainders(steps: list, remainders: list, floors: list, how: str, tol: dict, jv_size: float) -> Row:
+def _judge_remainders(
+    steps: list, remainders: list, floors: list, how: str, tol: dict, jv_size: float
+) -> Row:
     finite = [math.isfinite(r) for r in remainders]
     if not any(finite):
         return Row(TAYLOR, "SKIPPED", detail="f(x+hv) is NaN or Inf for every step h (outside its domain)")
@@ -118,9 +134,13 @@ def _judge_remainders(steps: list, remainders: list, floors: list, how: str, tol
     span = f"h = {steps[0]:.3g} .. {steps[last]:.3g}, by {how}"
     worst = remainders[last]
     if all(r <= fl for r, fl, ok in zip(remainders, floors, finite) if ok):
-        return Row(TAYLOR, "PASS", worst, None, f"remainder at rounding level throughout (f linear along v); {span}")
+        return Row(
+            TAYLOR, "PASS", worst, None, f"remainder at rounding level throughout (f linear along v); {span}"
+        )
     if remainders[last] <= floors[last]:
-        return Row(TAYLOR, "PASS", worst, None, f"remainder falls to rounding level by h = {steps[last]:.3g}; {span}")
+        return Row(
+            TAYLOR, "PASS", worst, None, f"remainder falls to rounding level by h = {steps[last]:.3g}; {span}"
+        )
     run = []
     for i in range(last, -1, -1):  # the trailing points above rounding level, smallest h first
         if not finite[i] or remainders[i] <= floors[i]:
@@ -154,7 +174,13 @@ def _judge_remainders(steps: list, remainders: list, floors: list, how: str, tol
 
 
 def batched_rows(
-    f: Callable, primals: Sequence[Any], output: Any, tol: dict, rng: Any, randomness: str, random_like: Callable
+    f: Callable,
+    primals: Sequence[Any],
+    output: Any,
+    tol: dict,
+    rng: Any,
+    randomness: str,
+    random_like: Callable,
 ) -> list[Row]:
     """vmap of f, of its jvp and of its vjp over a few nearby points, against a loop."""
     import torch
@@ -253,9 +279,12 @@ class _Second:
                     hv = torch.autograd.grad(
                         [g for g, _ in pairs], leaves, [d for _, d in pairs], allow_unused=True
                     )
-                return flat([torch.zeros_like(x) if h is None else h for x, h in zip(leaves, hv)]), "torch.autograd"
+                return flat(
+                    [torch.zeros_like(x) if h is None else h for x, h in zip(leaves, hv)]
+                ), "torch.autograd"
             except Exception as second:  # noqa: BLE001
-                raise Unavailable(f"{_describe(first)} (torch.func); {_describe(second)} (torch.autograd)")
+                why = f"{_describe(first)} (torch.func); {_describe(second)} (torch.autograd)"
+                raise Unavailable(why) from None
 
     def forward_over_reverse(self, v: Sequence[Any]) -> tuple[Any, str]:
         import torch
@@ -266,7 +295,10 @@ class _Second:
         except Exception as first:  # noqa: BLE001
             try:
                 with fwad.dual_level(), torch.enable_grad():
-                    duals = [fwad.make_dual(p.detach().clone(), d).requires_grad_(True) for p, d in zip(self.primals, v)]
+                    duals = [
+                        fwad.make_dual(p.detach().clone(), d).requires_grad_(True)
+                        for p, d in zip(self.primals, v)
+                    ]
                     _, grads = self._autograd_grad(duals, True)
                     parts = []
                     for x, g in zip(duals, grads):
@@ -274,7 +306,8 @@ class _Second:
                         parts.append(torch.zeros_like(x) if t is None else t.detach().clone())
                 return flat(parts), "torch.autograd.forward_ad"
             except Exception as second:  # noqa: BLE001
-                raise Unavailable(f"{_describe(first)} (torch.func); {_describe(second)} (forward_ad)")
+                why = f"{_describe(first)} (torch.func); {_describe(second)} (forward_ad)"
+                raise Unavailable(why) from None
 
 
 def second_order_rows(
@@ -300,10 +333,22 @@ def second_order_rows(
             failed[name] = str(exc)
     rows = []
     if "for" in found and "ror" in found:
-        rows.append(_compare(SECOND_FOR_ROR, found["for"], found["ror"], tol, None, "direction", ("fwd-over-rev", "rev-over-rev")))
+        rows.append(
+            _compare(
+                SECOND_FOR_ROR,
+                found["for"],
+                found["ror"],
+                tol,
+                None,
+                "direction",
+                ("fwd-over-rev", "rev-over-rev"),
+            )
+        )
     else:
         which = "forward-over-reverse" if "for" in failed else "reverse-over-reverse"
-        rows.append(Row(SECOND_FOR_ROR, "SKIPPED", detail=f"{which} failed: {failed.get('for') or failed.get('ror')}"))
+        rows.append(
+            Row(SECOND_FOR_ROR, "SKIPPED", detail=f"{which} failed: {failed.get('for') or failed.get('ror')}")
+        )
     for name, key, side in ((SECOND_FD_ROR, "ror", "rev-over-rev"), (SECOND_FD_FOR, "for", "fwd-over-rev")):
         if key in found:
             rows.append(_compare(name, found[key], fd, tol, None, "direction", (side, "fd of gradient")))
@@ -315,7 +360,9 @@ def second_order_rows(
     else:
         basis = torch.stack([flat(v) for v in vs])  # directions x inputs
         m = basis @ hv.T  # m[i, j] = <v_i, H v_j>
-        rows.append(_compare(SECOND_SYMMETRY, m, m.T, tol, None, "pair (v_i, H v_j)", ("<v_i,Hv_j>", "<v_j,Hv_i>")))
+        rows.append(
+            _compare(SECOND_SYMMETRY, m, m.T, tol, None, "pair (v_i, H v_j)", ("<v_i,Hv_j>", "<v_j,Hv_i>"))
+        )
     return rows
 
 
@@ -335,7 +382,8 @@ def repeat_row(f: Callable, primals: Sequence[Any], output: Any, nondet_tol: flo
     worst = float(diff.max())
     if not math.isfinite(worst) or worst > nondet_tol:
         detail = (
-            f"two evaluations at the same point differ by {worst:.3g} (more than --nondet-tol {nondet_tol:g}): "
+            f"two evaluations at the same point differ by {worst:.3g} "
+            f"(more than --nondet-tol {nondet_tol:g}): "
             "the function is nondeterministic, so the comparisons above may mean little; make it "
             "deterministic (torch's random stream is seeded by --seed) or raise --nondet-tol"
         )

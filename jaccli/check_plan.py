@@ -56,7 +56,8 @@ def whole_jacobians(request: Any, primals: Sequence[Any], output: Any) -> str | 
         )
     if entries > AUTO_ENTRIES:
         return (
-            f"not computed: the whole Jacobian has {n_out} x {n_in} entries ({human_size(entries * itemsize)}); "
+            f"not computed: the whole Jacobian has {n_out} x {n_in} entries "
+            f"({human_size(entries * itemsize)}); "
             "the adjoint and fd rows compare the modes along random directions; --full computes it"
         )
     return None
@@ -76,4 +77,6 @@ def refuse_sparse(primals: Sequence[Any]) -> None:
     for i, p in enumerate(primals):
         layout = getattr(p, "layout", None)
         if layout is not None and str(layout) != "torch.strided":
-            raise InputError(f"jac check: primal {i} is a {str(layout)[6:]} tensor; give a dense one (.to_dense())")
+            raise InputError(
+                f"jac check: primal {i} is a {str(layout)[6:]} tensor; give a dense one (.to_dense())"
+            )

@@ -586,8 +586,24 @@ CASES = [
     Case("batch", "classic", "wrong for batch > 1 only", (4, 3), (FD_REV,)),
     Case("rms", "module", "missing term (nn.Module)", (2, 5), (FD_REV,), module=True),
     Case("softplus", "module", "sign error (nn.Module)", (6,), (FD_REV,), module=True),
-    Case("param_linear", "module", "transposed weight gradient (--wrt params)", (3, 4), (FD_REV,), module=True, params=True),
-    Case("param_scale", "module", "wrong sign of parameter gradient (--wrt params)", (4,), (FD_REV,), module=True, params=True),
+    Case(
+        "param_linear",
+        "module",
+        "transposed weight gradient (--wrt params)",
+        (3, 4),
+        (FD_REV,),
+        module=True,
+        params=True,
+    ),
+    Case(
+        "param_scale",
+        "module",
+        "wrong sign of parameter gradient (--wrt params)",
+        (4,),
+        (FD_REV,),
+        module=True,
+        params=True,
+    ),
 ]
 
 

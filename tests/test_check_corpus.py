@@ -234,7 +234,9 @@ def test_numpy_round_trip_fails(fns, extra):
 
 
 def test_numpy_round_trip_wrt_params_fails(fns):
-    code, doc = check(["check", f"{fns}:numpy_layer()", "-p", "randn:3", "--wrt", "params", "--format", "json"])
+    code, doc = check(
+        ["check", f"{fns}:numpy_layer()", "-p", "randn:3", "--wrt", "params", "--format", "json"]
+    )
     assert code == 1 and FD_REVERSE in failing(doc), doc
 
 
@@ -259,7 +261,9 @@ def test_nondeterminism_is_reported(fns):
     rows = {row["check"]: row for row in doc["checks"]}
     assert code == 1 and rows[REPEATABLE]["verdict"] == "FAIL", doc
     assert "nondeterministic" in rows[REPEATABLE]["detail"], doc
-    code, doc = check(["check", f"{fns}:jittery", "-p", "randn:4", "--format", "json", "--nondet-tol", "1e-9"])
+    code, doc = check(
+        ["check", f"{fns}:jittery", "-p", "randn:4", "--format", "json", "--nondet-tol", "1e-9"]
+    )
     assert code == 0, doc
 
 
@@ -267,7 +271,9 @@ def test_taylor_slope_in_json(fns):
     case = next(c for c in corpus.CASES if c.name == "product_classic")  # J.v by reverse mode
     _, right = check(case.args("right"))
     _, wrong = check(case.args("wrong"))
-    slope = {d["verdict"]: next(r for r in d["checks"] if r["check"] == TAYLOR)["slope"] for d in (right, wrong)}
+    slope = {
+        d["verdict"]: next(r for r in d["checks"] if r["check"] == TAYLOR)["slope"] for d in (right, wrong)
+    }
     assert 1.8 <= slope["PASS"] <= 2.3, right
     assert 0.8 <= slope["FAIL"] <= 1.2, wrong  # r(h) ~ h: a wrong J.v
     _, linear = check(["check", f"{fns}:linear", "-p", "randn:3", "--format", "json"])
@@ -284,13 +290,32 @@ def test_order_2_costs_are_in_help():
 def test_params_of_a_3m_parameter_convnet_by_directions(fns):
     model = torch.nn.Module  # noqa: F841 - the net is built in the user module
     code, doc = check(
-        ["check", f"{fns}:convnet()", "-p", "randn:1,3,8,8", "--wrt", "params", "--format", "json", "--directions", "2"]
+        [
+            "check",
+            f"{fns}:convnet()",
+            "-p",
+            "randn:1,3,8,8",
+            "--wrt",
+            "params",
+            "--format",
+            "json",
+            "--directions",
+            "2",
+        ]
     )
     assert code == 0 and doc["verdict"] == "PASS", doc
     rows = {row["check"]: row for row in doc["checks"]}
     assert rows[FWD_VS_REV]["verdict"] == "SKIPPED" and "--wrt params" in rows[FWD_VS_REV]["detail"], doc
     assert rows[FD_REVERSE]["verdict"] == "PASS" and rows[FD_FORWARD]["verdict"] == "PASS", doc
     run = jac(
-        "check", f"{fns}:convnet()", "-p", "randn:1,3,8,8", "--wrt", "params", "--full", "--max-memory", "100MB"
+        "check",
+        f"{fns}:convnet()",
+        "-p",
+        "randn:1,3,8,8",
+        "--wrt",
+        "params",
+        "--full",
+        "--max-memory",
+        "100MB",
     )
     assert run.code == 2 and "--full" in run.stderr and "Traceback" not in run.stderr, run
