@@ -15,6 +15,7 @@ _LAZY = {
     "Request": "jaccli.runner",
     "Outcome": "jaccli.runner",
     "run": "jaccli.runner",
+    "run_check": "jaccli.runner",
     "load_function": "jaccli.loading",
     "read_source": "jaccli.inputs",
     "compute": "jaccli.transforms",

@@ -8,6 +8,11 @@ Checks, each PASS, FAIL or SKIPPED (with the reason; never counted as a pass):
   (f(x+εv) − f(x−εv)) / 2ε, for several random v; with ``full``, the whole Jacobian column by
   column against the reverse-mode (and forward-mode) Jacobian.
 
+Then the rows of :mod:`jaccli.check_more`: the Taylor remainder, batched rules (vmap against a
+loop), second derivatives (``order=2``) and repeatability. Forward and reverse mode each run by
+the first engine that can (:mod:`jaccli.check_modes`); a row that none can run is SKIPPED, and a
+report with no row run is no pass (:func:`jaccli.check_plan.require_a_check`).
+
 An entry passes when |a − b| <= atol + rtol·|b| (b: the reference), as in torch.allclose; the
 defaults are torch.autograd.gradcheck's (eps 1e-6, atol 1e-5, rtol 1e-3) for float64.
 """
@@ -15,10 +20,9 @@ defaults are torch.autograd.gradcheck's (eps 1e-6, atol 1e-5, rtol 1e-3) for flo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from jaccli import trees
-from jaccli.transforms import failure_reason
 
 DEFAULTS = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}  # torch.autograd.gradcheck's
 LOW_PRECISION = {  # gradcheck's assume float64; these suit fewer digits
@@ -35,6 +39,15 @@ FD_FORWARD = "fd: forward J.v"
 FD_REVERSE = "fd: reverse J.v"
 FULL_REVERSE = "fd: full Jacobian, reverse"
 FULL_FORWARD = "fd: full Jacobian, forward"
+TAYLOR = "taylor remainder O(h^2)"
+BATCHED_F = "batched: vmap f vs loop"
+BATCHED_JVP = "batched: vmap jvp vs loop"
+BATCHED_VJP = "batched: vmap vjp vs loop"
+SECOND_FOR_ROR = "order 2: fwd-over-rev vs rev-over-rev"
+SECOND_FD_ROR = "order 2: fd of gradient, rev-over-rev"
+SECOND_FD_FOR = "order 2: fd of gradient, fwd-over-rev"
+SECOND_SYMMETRY = "order 2: Hessian symmetry"
+REPEATABLE = "repeatable: f(x) twice"
 _MODE = {"fwd": "forward", "rev": "reverse"}
 
 
@@ -51,15 +64,20 @@ class Row:
     max_abs: float | None = None
     max_rel: float | None = None
     detail: str = ""  # the worst entry, or why it was skipped
+    counts: bool = True  # a derivative check (the repeatability row is not one)
+    slope: float | None = None  # the Taylor row: the observed log-log slope of the remainder
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "check": self.name,
             "verdict": self.verdict,
             "max_abs_error": self.max_abs,
             "max_rel_error": self.max_rel,
             "detail": self.detail,
         }
+        if self.name == TAYLOR:
+            doc["slope"] = self.slope
+        return doc
 
 
 @dataclass
@@ -71,7 +89,12 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return all(r.verdict != "FAIL" for r in self.rows)
+        return self.ran and all(r.verdict != "FAIL" for r in self.rows)
+
+    @property
+    def ran(self) -> bool:
+        """At least one derivative check ran (PASS or FAIL): a report of SKIPPED rows is no pass."""
+        return any(r.counts and r.verdict != "SKIPPED" for r in self.rows)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,9 +144,20 @@ def run_checks(
     directions: int = 3,
     full: bool = False,
     names: Sequence[str] | None = None,
+    order: int = 1,
+    randomness: str = "error",
+    whole: str | None = None,
+    nondet_tol: float = 0.0,
 ) -> list[Row]:
-    """Every check of the module docstring, on ``fn`` at ``primals``."""
+    """Every check of the module docstring, on ``fn`` at ``primals``.
+
+    ``whole``: why the whole Jacobians are not computed (too large, --wrt params), or None;
+    ``randomness``: vmap's, "same" for a function drawing random numbers (under a seeded stream).
+    """
     import torch
+
+    from jaccli import check_more
+    from jaccli.check_modes import Modes, Unavailable, flat_out
 
     def f(*args: Any) -> Any:
         result = fn(*args)
@@ -132,31 +166,24 @@ def run_checks(
     primals = tuple(primals)
     output = f(*primals)
     labels = _Labels(output, primals, names)
-
-    def flat_out(tree: Any) -> Any:
-        return torch.cat([t.reshape(-1) for _, t in trees.leaves(tree)])
+    modes = Modes(f, primals, output, randomness)
 
     def random_like(t: Any) -> Any:
         return torch.as_tensor(rng.standard_normal(tuple(t.shape)), dtype=t.dtype, device=t.device)
 
-    every = tuple(range(len(primals)))
     jacobians: dict[str, Any] = {}
     failures: dict[str, str] = {}
-    for mode, transform in (("fwd", torch.func.jacfwd), ("rev", torch.func.jacrev)):
-        try:
+    if whole is None:
+        for mode in ("fwd", "rev"):
             try:
-                jacobians[mode] = _matrix(transform(f, argnums=every)(*primals), output, len(primals))
-            except Exception as exc:
-                if failure_reason(exc) not in ("vmap", "forward"):
-                    raise
-                jacobians[mode] = _looped(
-                    mode, f, primals, flat_out
-                )  # e.g. an autograd.Function without vmap
-        except Exception as exc:  # noqa: BLE001 - SKIPPED with torch's reason, or re-raised
-            failures[mode] = _skip_reason(exc)
+                jacobians[mode] = modes.jacobian(mode)
+            except Unavailable as exc:
+                failures[mode] = str(exc)
 
     rows: list[Row] = []
-    if "fwd" in jacobians and "rev" in jacobians:
+    if whole is not None:
+        rows.append(Row(FWD_VS_REV, "SKIPPED", detail=whole))
+    elif "fwd" in jacobians and "rev" in jacobians:
         rows.append(
             _compare(
                 FWD_VS_REV,
@@ -174,20 +201,15 @@ def run_checks(
     vs = [tuple(random_like(p) for p in primals) for _ in range(directions)]
     us = [trees.map_leaves(random_like, output) for _ in range(directions)]
     forward_jvps, forward_failure = [], None
-    for v in vs:
-        try:
-            forward_jvps.append(flat_out(torch.func.jvp(f, primals, v)[1]))
-        except Exception as exc:  # noqa: BLE001
-            forward_failure = _skip_reason(exc)
-            break
+    try:
+        forward_jvps = [modes.jvp(v) for v in vs]
+    except Unavailable as exc:
+        forward_failure = str(exc)
     reverse_vjps, reverse_failure = [], None
-    for u in us:
-        try:
-            _, pullback = torch.func.vjp(f, *primals)
-            reverse_vjps.append(torch.cat([g.reshape(-1) for g in pullback(u)]))
-        except Exception as exc:  # noqa: BLE001
-            reverse_failure = _skip_reason(exc)
-            break
+    try:
+        reverse_vjps = [modes.vjp(u) for u in us]
+    except Unavailable as exc:
+        reverse_failure = str(exc)
 
     if forward_failure or reverse_failure:
         why = (
@@ -215,8 +237,13 @@ def run_checks(
     if "rev" in jacobians:
         reverse_jv = torch.stack([jacobians["rev"] @ _flat(v) for v in vs])
         rows.append(_compare(FD_REVERSE, reverse_jv, fd, tolerance, labels, "direction", ("reverse", "fd")))
+    elif reverse_failure is None:  # no whole Jacobian: <J^T u, v> against <u, fd(v)>, every pair
+        got = torch.stack([ju @ _flat(v) for ju in reverse_vjps for v in vs])
+        want = torch.stack([flat_out(u) @ d for u in us for d in differences])
+        row = _compare(FD_REVERSE, got, want, tolerance, None, "pair (u, v)", ("<J^T u,v>", "<u,fd>"))
+        rows.append(row)
     else:
-        rows.append(Row(FD_REVERSE, "SKIPPED", detail=f"reverse mode failed: {failures['rev']}"))
+        rows.append(Row(FD_REVERSE, "SKIPPED", detail=f"reverse mode failed: {reverse_failure}"))
 
     if full:
         columns = _fd_jacobian(f, primals, eps, flat_out)
@@ -229,7 +256,14 @@ def run_checks(
                     _compare(title, jacobians[mode], columns, tolerance, labels, sides=(_MODE[mode], "fd"))
                 )
             else:
-                rows.append(Row(title, "SKIPPED", detail=f"{_MODE[mode]} mode failed: {failures[mode]}"))
+                why = failures.get(mode) or whole or "not computed"
+                rows.append(Row(title, "SKIPPED", detail=f"{_MODE[mode]} mode failed: {why}"))
+
+    rows.append(check_more.taylor_row(f, primals, output, modes, random_like, us[0], tolerance))
+    rows.extend(check_more.batched_rows(f, primals, output, tolerance, rng, randomness, random_like))
+    if order >= 2:
+        rows.extend(check_more.second_order_rows(f, primals, output, tolerance, vs, us[0], random_like))
+    rows.append(check_more.repeat_row(f, primals, output, nondet_tol))
     return rows
 
 
@@ -237,42 +271,6 @@ def _flat(tensors: Sequence[Any]) -> Any:
     import torch
 
     return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _matrix(jacobian: Any, output: Any, n_primals: int) -> Any:
-    """torch.func's Jacobian (output tree of per-primal blocks) as one (outputs x inputs) matrix."""
-    import torch
-
-    blocks = dict(trees.leaves(jacobian))
-    rows = []
-    for key, out in trees.leaves(output):
-        parts = [blocks[trees.join(key, str(i))] for i in range(n_primals)]
-        rows.append(torch.cat([b.reshape(out.numel(), -1) for b in parts], dim=1))
-    return torch.cat(rows, dim=0)
-
-
-def _looped(mode: str, f: Callable[..., Any], primals: Sequence[Any], flat_out) -> Any:
-    """The (outputs x inputs) Jacobian one jvp per column or one vjp per row, without vmap."""
-    import torch
-
-    if mode == "fwd":
-        columns = [flat_out(torch.func.jvp(f, tuple(primals), tuple(d))[1]) for d in _basis(primals)]
-        return torch.stack(columns, dim=1)
-    output, pullback = torch.func.vjp(f, *primals)
-    leaves = [t for _, t in trees.leaves(output)]
-    rows = [_flat(pullback(trees.unflatten(output, u))) for u in _basis(leaves)]
-    return torch.stack(rows, dim=0)
-
-
-def _basis(tensors: Sequence[Any]) -> Iterator[list]:
-    """Every one-hot direction over ``tensors`` together: zeros but a single 1, in flat order."""
-    import torch
-
-    for i, t in enumerate(tensors):
-        for k in range(t.numel()):
-            direction = [torch.zeros_like(q) for q in tensors]
-            direction[i].view(-1)[k] = 1
-            yield direction
 
 
 def _central(f: Callable[..., Any], primals: Sequence[Any], v: Sequence[Any], eps: float, flat_out) -> Any:
@@ -289,10 +287,11 @@ def _fd_jacobian(f: Callable[..., Any], primals: Sequence[Any], eps: float, flat
     import torch
 
     from jaccli import progress
+    from jaccli.check_modes import basis
 
     columns = []
     with progress.bar("check --full: finite differences", sum(p.numel() for p in primals)) as shown:
-        for direction in _basis(primals):
+        for direction in basis(primals):
             columns.append(_central(f, primals, direction, eps, flat_out))
             shown.advance()
     return torch.stack(columns, dim=1)
@@ -337,13 +336,3 @@ def _describe_entry(index: tuple[int, ...], labels: _Labels | None, row_name: st
     if labels is not None and len(index) == 2:
         return f"d {labels.output(index[0])} / d {labels.input(index[1])}"
     return str(index)
-
-
-def _skip_reason(exc: BaseException) -> str:
-    """Why a check cannot run (a missing forward-mode formula, say); any other exception is the
-    function's or its derivative's own and propagates (exit 3), never hidden as SKIPPED."""
-    from jaccli.errors import describe
-
-    if failure_reason(exc) is None:
-        raise exc
-    return describe(exc)

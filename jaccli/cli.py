@@ -379,8 +379,8 @@ def spectrum(**options: Any) -> None:
 
 
 @cli.command(
-    epilog="Exit codes: 0 every check passed (or was skipped), 1 a check failed, 2 usage or input "
-    "error, 3 the function raised."
+    epilog="Exit codes: 0 every check that ran passed, 1 a check failed, 2 usage or input "
+    "error, or no check could run, 3 the function raised."
 )
 @function_and_primals
 @click.option(
@@ -404,6 +404,23 @@ def spectrum(**options: Any) -> None:
     show_default=True,
     help="Random directions for the adjoint and finite-difference checks.",
 )
+@click.option(
+    "--order",
+    type=click.IntRange(1, 2),
+    default=1,
+    show_default=True,
+    help="1: first derivatives, about 2K+16 function evaluations and 2K+10 jvp/vjp passes for "
+    "K --directions (plus the whole Jacobians when small). 2: also second derivatives, 2K more "
+    "gradients and 2K Hessian-vector products (K at least 2).",
+)
+@click.option(
+    "--nondet-tol",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="How far two evaluations at the same point (same --seed) may differ; more is reported as "
+    "a nondeterministic function (FAIL).",
+)
 @module_options
 @inputs_and_device
 @output_options
@@ -415,6 +432,9 @@ def check(**options: Any) -> int:
     Computes in float64 (inputs are upcast; --dtype keeps another, with looser default
     tolerances). Each check is PASS, FAIL (naming the worst entry) or SKIPPED (with the
     reason, e.g. an operator without forward mode). Exit code 1 when any check fails.
+    Also: the Taylor remainder (must fall as h^2), vmap against a loop (batching rules),
+    repeatability; --order 2 adds second derivatives. Every evaluation runs on torch's
+    random stream seeded by --seed.
 
     \b
     Examples:

@@ -66,6 +66,8 @@ class Request:
     atol: float | None = None
     eps: float | None = None
     directions: int = 3  # check: random directions for the adjoint and finite differences
+    order: int = 1  # check: 2 also checks second derivatives
+    nondet_tol: float = 0.0  # check: how far two evaluations at the same point may differ
     repeat: int | None = None  # None: automatic (see timing.series)
     warmup: int | None = None
     stdin: BinaryIO | None = None
@@ -674,6 +676,9 @@ def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
     if request.batch_dim is not None:
         raise InputError("jac check does not take --batch-dim; check one sample")
     request = replace(request, dtype=request.dtype or "float64")
+    from jaccli.check_plan import refuse_sparse
+
+    refuse_sparse(request.primals)
     with contextlib.redirect_stdout(sys.stderr):
         return _check(request)
 
@@ -681,12 +686,16 @@ def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
 def _check(request: Request) -> CheckOutcome:
     import torch
 
-    from jaccli import check, transforms
+    from jaccli import calls, check, check_plan, transforms
 
     setup = _setup(request, ("check",))
     fn, primals, timings = setup.fn, setup.primals, setup.timings
     with timings.phase("function, first call"):
         transforms.call_function(fn, primals, request.has_aux)
+        _, how = transforms.guarded(lambda: calls.profile(fn, primals, request.seed), "the function")
+    fn = calls.disciplined(fn, how, request.seed)
+    output, _ = transforms.call_function(fn, primals, request.has_aux)
+    whole = check_plan.whole_jacobians(request, primals, output)
     dtype = str(primals[0].dtype).replace("torch.", "")
     tolerance = check.tolerances(dtype, rtol=request.rtol, atol=request.atol, eps=request.eps)
     with timings.phase("checks"):
@@ -700,9 +709,15 @@ def _check(request: Request) -> CheckOutcome:
                 directions=request.directions,
                 full=request.full,
                 names=setup.names,
+                order=request.order,
+                randomness="same" if how.random else "error",
+                whole=whole,
+                nondet_tol=request.nondet_tol,
             ),
             "check",
         )
+    report = check.Report(rows, tolerance, dtype)
+    check_plan.require_a_check(report)
     timings.series("function alone", lambda: fn(*primals), request.repeat, request.warmup)
     timings.footer.update(
         command="check",
@@ -711,7 +726,7 @@ def _check(request: Request) -> CheckOutcome:
         dtype=dtype,
         torch=str(torch.__version__),
     )
-    return CheckOutcome(check.Report(rows, tolerance, dtype), timings)
+    return CheckOutcome(report, timings)
 
 
 def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str]) -> None:

@@ -30,9 +30,23 @@ import pytest
 import yaml
 from conftest import assert_clean_error, jac, write_module
 
-from jaccli.check import ADJOINT, FD_FORWARD, FD_REVERSE, FULL_FORWARD, FULL_REVERSE, FWD_VS_REV
+from jaccli.check import (
+    ADJOINT,
+    BATCHED_F,
+    BATCHED_JVP,
+    BATCHED_VJP,
+    FD_FORWARD,
+    FD_REVERSE,
+    FULL_FORWARD,
+    FULL_REVERSE,
+    FWD_VS_REV,
+    REPEATABLE,
+    TAYLOR,
+)
+from jaccli.check_more import STEPS
 
 BASE_ROWS = (FWD_VS_REV, ADJOINT, FD_FORWARD, FD_REVERSE)
+LATER_ROWS = (TAYLOR, BATCHED_F, BATCHED_JVP, BATCHED_VJP, REPEATABLE)  # after the --full rows
 FULL_ROWS = (FULL_REVERSE, FULL_FORWARD)
 DEFAULT_TOL = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}  # torch.autograd.gradcheck's
 FLOAT32_TOL = {"eps": 1e-3, "atol": 1e-3, "rtol": 1e-2}
@@ -611,16 +625,20 @@ def verdicts(doc) -> dict[str, str]:
 def assert_report_shape(doc, full: bool) -> None:
     assert set(doc) == {"verdict", "dtype", "eps", "atol", "rtol", "checks"}, doc
     names = [row["check"] for row in doc["checks"]]
-    assert names == list(BASE_ROWS + (FULL_ROWS if full else ())), names
+    assert names == list(BASE_ROWS + (FULL_ROWS if full else ()) + LATER_ROWS), names
     for row in doc["checks"]:
-        assert set(row) == {"check", "verdict", "max_abs_error", "max_rel_error", "detail"}, row
+        keys = {"check", "verdict", "max_abs_error", "max_rel_error", "detail"}
+        assert set(row) == (keys | {"slope"} if row["check"] == TAYLOR else keys), row
         assert row["verdict"] in ("PASS", "FAIL", "SKIPPED"), row
         if row["verdict"] == "SKIPPED":
             assert row["max_abs_error"] is None and row["detail"], row
         else:
-            for key in ("max_abs_error", "max_rel_error"):  # JSON spells non-finite as strings
+            keys = ("max_abs_error", "max_rel_error")
+            if row["check"] in (TAYLOR, REPEATABLE):  # a remainder, a difference: no relative error
+                keys = ("max_abs_error",)
+            for key in keys:  # JSON spells non-finite as strings
                 assert isinstance(row[key], float) or row[key] in ("NaN", "Infinity"), row
-        if row["verdict"] == "FAIL":
+        if row["verdict"] == "FAIL" and row["check"] not in (TAYLOR, REPEATABLE):
             assert row["detail"].startswith("worst at "), row
 
 
@@ -638,6 +656,7 @@ class Planted:
     full_details: dict = field(default_factory=dict)  # row -> substring, with --full
     extra: tuple = ()
     variant: str = "yaml"
+    rows_full: str | None = None  # BASE_ROWS with --full, when other than ``rows``
 
 
 PLANTED = [
@@ -789,11 +808,16 @@ PLANTED = [
         "wrt-params",
         "scale_layer_wrong()",
         [[1.0, 2.0, 3.0]],
-        "FFPF",
+        "SFPF",  # no whole parameter Jacobian unless --full: the modes meet along directions
         "FP",
-        {FWD_VS_REV: "worst at d output[2] / d parameter weight[2]: forward 3 vs reverse -3"},
-        {FULL_REVERSE: "/ d parameter weight["},
+        {FWD_VS_REV: "not computed under --wrt params", FD_REVERSE: "worst at pair (u, v) "},
+        {
+            FULL_REVERSE: "/ d parameter weight[",
+            FWD_VS_REV: "worst at d output[2] / d parameter weight[2]: forward 3 vs reverse -3",
+            FD_REVERSE: "worst at direction ",
+        },
         extra=("--wrt", "params"),
+        rows_full="FFPF",
     ),
     # 1e-4 relative, consistent in both modes: within gradcheck's defaults (see
     # test_small_errors_pass_the_defaults), caught by a tight tolerance
@@ -833,17 +857,17 @@ def test_planted_wrong_derivative_is_flagged(fns, tmp_path, case, full):
     assert doc["verdict"] == "FAIL", doc
     assert doc["dtype"] == "float64", doc  # float32 literals and .npy are upcast
     assert_report_shape(doc, full)
-    assert _letters(doc, BASE_ROWS) == case.rows, doc
+    assert _letters(doc, BASE_ROWS) == (case.rows_full if full and case.rows_full else case.rows), doc
     if full:
         assert _letters(doc, FULL_ROWS) == case.full_rows, doc
     rows = rows_of(doc)
     for name, needle in {**case.details, **(case.full_details if full else {})}.items():
         assert needle in rows[name]["detail"], (name, needle, rows[name])
     for row in doc["checks"]:
-        if row["verdict"] == "FAIL":
+        if row["verdict"] == "FAIL" and row["check"] != TAYLOR:  # Taylor: a remainder, not an error
             # the reported error really is beyond the tolerance
             assert not float(row["max_abs_error"]) <= doc["atol"], row
-        if row["verdict"] == "PASS":
+        if row["verdict"] == "PASS" and row["check"] != TAYLOR:  # the Taylor row says its slope
             assert row["detail"] == "", row
 
 
@@ -975,8 +999,12 @@ def test_correct_function_is_not_flagged(fns, tmp_path, case, variant):
     assert doc["verdict"] == "PASS" and doc["dtype"] == "float64", doc
     assert {k: doc[k] for k in DEFAULT_TOL} == DEFAULT_TOL, doc
     assert_report_shape(doc, full=False)
-    assert _letters(doc, BASE_ROWS) == "PPPP", doc  # every check ran: none skipped
-    assert rows_of(doc)[FWD_VS_REV]["max_abs_error"] < 1e-9, doc
+    if "params" in case.extra:  # no whole parameter Jacobian unless --full; every other check ran
+        assert _letters(doc, BASE_ROWS) == "SPPP", doc
+        assert "not computed under --wrt params" in rows_of(doc)[FWD_VS_REV]["detail"], doc
+    else:
+        assert _letters(doc, BASE_ROWS) == "PPPP", doc  # every check ran: none skipped
+        assert rows_of(doc)[FWD_VS_REV]["max_abs_error"] < 1e-9, doc
 
 
 @pytest.mark.parametrize("variant", ["yaml", "npy64"])
@@ -1015,7 +1043,7 @@ def test_backward_only_function_skips_forward_checks(fns, full):
     if full:
         assert _letters(doc, FULL_ROWS) == "PS", doc
     for row in doc["checks"]:
-        if row["verdict"] == "SKIPPED":
+        if row["verdict"] == "SKIPPED" and row["check"] in BASE_ROWS + FULL_ROWS:
             assert "forward mode" in row["detail"] and "jvp" in row["detail"], row
             assert row["max_abs_error"] is None and row["max_rel_error"] is None, row
     # the text report says SKIPPED, with the reason, and never PASS for those rows
@@ -1059,7 +1087,8 @@ def test_dtype_float32_no_false_alarm(fns, tmp_path, case, full):
     assert run.code == 0, run
     assert doc["dtype"] == "float32", doc  # kept, not upcast
     assert {k: doc[k] for k in FLOAT32_TOL} == FLOAT32_TOL, doc  # looser defaults
-    assert _letters(doc, BASE_ROWS) == "PPPP", doc
+    expected = "SPPP" if "params" in case.extra and not full else "PPPP"  # see test_correct_function_...
+    assert _letters(doc, BASE_ROWS) == expected, doc
 
 
 @pytest.mark.parametrize("func, primals", [("cubic", [0.7]), ("custom_sin", [X4]), ("sin_exp_log", [X4])])
@@ -1107,13 +1136,13 @@ def test_eps_override_is_used(fns):
 @pytest.mark.parametrize("directions", [1, 5])
 def test_directions(fns, directions):
     """Each direction costs two plain evaluations (f(x + eps v), f(x - eps v)); --full adds two per
-    input element."""
+    input element; the Taylor row one per step h, the repeatability row one."""
     run, doc = run_check(fns, "counted", [X5], "--directions", str(directions))
     assert run.code == 0, run
-    assert sys.modules[LOADED_AS].CALLS["no_grad"] == 2 * directions
+    assert sys.modules[LOADED_AS].CALLS["no_grad"] == 2 * directions + STEPS + 1
     run, doc = run_check(fns, "counted", [X5], "--directions", str(directions), "--full")
     assert run.code == 0, run
-    assert sys.modules[LOADED_AS].CALLS["no_grad"] == 2 * directions + 2 * len(X5)
+    assert sys.modules[LOADED_AS].CALLS["no_grad"] == 2 * directions + 2 * len(X5) + STEPS + 1
 
 
 def test_directions_must_be_positive(fns):
