@@ -194,14 +194,12 @@ def _keys(request: Any, problem: Problem) -> tuple[list[str], list[int], list[in
 
 def run_sparse(request: Any) -> Any:
     """``jac jacobian|jacfwd|jacrev|hessian --sparse``: an Outcome whose ``sparse`` holds the result."""
-    import numpy as np
+    _validate(request, SPARSE_COMMANDS)
     import scipy.sparse as sp
     import torch
 
     from jaccli.routing import evaluate
     from jaccli.runner import Outcome, _footer
-
-    _validate(request, SPARSE_COMMANDS)
     from jaccli.runner import check_request
 
     check_request(request)
@@ -280,7 +278,6 @@ def run_sparse(request: Any) -> Any:
     _footer(timings, request.command, f"sparse, {plan.count} {_product_name(mode)}", setup)
     outcome = Outcome(results, {}, {k: dtype for k in results}, timings)
     outcome.sparse = result
-    del np
     return outcome
 
 

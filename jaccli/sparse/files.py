@@ -204,6 +204,12 @@ def save_pattern(path: str, kind: str, pattern: Any, colourings: dict[str, Any],
     outputs.atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
+def _text(array: Any) -> str:
+    """A 0-d string array (scipy's save_npz stores bytes, jac's str)."""
+    value = array.item()
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
 @dataclass
 class GivenPattern:
     matrix: Any
@@ -230,7 +236,7 @@ def load_pattern(path: str, option: str = "--sparsity") -> GivenPattern:
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)
-            fmt = str(z["format"]) if "format" in names else None
+            fmt = _text(z["format"]) if "format" in names else None
             shape = tuple(int(s) for s in z["shape"]) if "shape" in names else None
             if fmt is None or shape is None or len(shape) != 2:
                 raise ValueError("it holds no 'format' and 'shape' of a scipy.sparse matrix")
@@ -243,7 +249,7 @@ def load_pattern(path: str, option: str = "--sparsity") -> GivenPattern:
                 matrix = sp.coo_matrix((z["data"], (row, col)), shape=shape)
             else:
                 raise ValueError(f"format {fmt!r}; use csr, csc or coo")
-            kind = str(z["kind"]) if "kind" in names else None
+            kind = _text(z["kind"]) if "kind" in names else None
             colourings = {m: np.asarray(z[k], np.int64) for m, k in COLOUR_KEYS.items() if k in names}
         matrix = sp.csr_matrix(matrix)
         matrix.data = matrix.data != 0
