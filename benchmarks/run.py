@@ -18,6 +18,9 @@ shared machine hits them all; it reports min and median over rounds. Sections:
 - distributed: one process against two torchrun ranks on the same Jacobian.
 - mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev, through jac's own
   code path (``jaccli.run``), on functions where the choice matters and where it does not.
+- sparse: `--sparse` colours against asdex's, the steady state at n = 4,096 against dense
+  jacrev, a hand-seeded vmap(jvp) and asdex under jax.jit, one-shot n = 65,536 against
+  `import torch` (see bench_sparse.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import bench_compile  # noqa: E402
 import bench_engines  # noqa: E402
 import bench_functions  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_sparse  # noqa: E402
 
 
 def steady(command: str, func, x, mode: str, repeat: int, batch_dim=None) -> tuple[float, str]:
@@ -124,6 +128,7 @@ SECTIONS = {
     "memory": bench_scale.section_memory,
     "distributed": bench_scale.section_distributed,
     "mode": _mode,
+    "sparse": bench_sparse.section_sparse,
 }
 QUICK_SECTIONS = ("help", "oneshot", "steady")  # --quick with no section named: these
 

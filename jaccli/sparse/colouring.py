@@ -34,10 +34,14 @@ def column_colouring(pattern: Any) -> Any:
     return _best_greedy(graph)
 
 
-def row_colouring(pattern: Any) -> Any:
+def row_colouring(pattern: Any, columns: Any = None) -> Any:
+    """Colours of the rows; ``columns`` (the column colouring) is reused for a symmetric pattern."""
     import scipy.sparse as sp
 
-    return column_colouring(sp.csr_matrix(pattern, dtype=bool).T.tocsr())
+    p = sp.csr_matrix(pattern, dtype=bool)
+    if columns is not None and p.shape[0] == p.shape[1] and (p != p.T).nnz == 0:
+        return columns
+    return column_colouring(p.T.tocsr())
 
 
 def _best_greedy(graph: Any) -> Any:
@@ -64,12 +68,20 @@ def _greedy(graph: Any, order: Any) -> Any:
     indptr, indices = graph.indptr, graph.indices
     colour = [-1] * n
     forbidden = [-1] * 8
+    natural = bool(np.all(order == np.arange(n)))
     order_list = order.tolist()
     for start in range(0, n, CHUNK):
         chunk = order_list[start : start + CHUNK]
-        for v in chunk:
-            lo, hi = int(indptr[v]), int(indptr[v + 1])
-            for w in indices[lo:hi].tolist():
+        if natural:  # the chunk's neighbour lists are one slice: one conversion to Python ints
+            base = int(indptr[start])
+            flat = indices[base : int(indptr[min(n, start + CHUNK)])].tolist()
+            bounds = (indptr[start : min(n, start + CHUNK) + 1] - base).tolist()
+        for i, v in enumerate(chunk):
+            if natural:
+                neighbours = flat[bounds[i] : bounds[i + 1]]
+            else:
+                neighbours = indices[int(indptr[v]) : int(indptr[v + 1])].tolist()
+            for w in neighbours:
                 c = colour[w]
                 if c >= 0:
                     forbidden[c] = v

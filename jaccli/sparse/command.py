@@ -114,7 +114,7 @@ def _pattern(request: Any, problem: Problem, hessian: bool) -> tuple[Any, dict, 
     return (found.hessian if hessian else found.matrix), {}, found.fallbacks
 
 
-def _colour(mode: str, pattern: Any, given: dict) -> Any:
+def _colour(mode: str, pattern: Any, given: dict, columns: Any = None) -> Any:
     from jaccli.sparse import colouring
 
     if mode in given:
@@ -129,7 +129,7 @@ def _colour(mode: str, pattern: Any, given: dict) -> Any:
     if mode == "forward":
         return colouring.column_colouring(pattern)
     if mode == "reverse":
-        return colouring.row_colouring(pattern)
+        return colouring.row_colouring(pattern, columns)
     return colouring.star_colouring(pattern)
 
 
@@ -148,7 +148,7 @@ def _choose(request: Any, pattern: Any, given: dict) -> tuple[str, Any, str]:
         why = "jacrev" if command == "jacrev" else "--mode rev"
         return "reverse", colours, f"reverse: {_count(colours)} VJPs, one per row colour ({why})"
     fwd = _colour("forward", pattern, given)
-    rev = _colour("reverse", pattern, given)
+    rev = _colour("reverse", pattern, given, fwd)
     if _count(rev) < _count(fwd):
         return "reverse", rev, (
             f"reverse (--mode auto --sparse: {_count(rev)} row colours against {_count(fwd)} column "
@@ -340,7 +340,8 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
             if hessian:
                 colourings = {"symmetric": _colour("symmetric", pattern, {})}
             else:
-                colourings = {"forward": _colour("forward", pattern, {}), "reverse": _colour("reverse", pattern, {})}
+                fwd = _colour("forward", pattern, {})
+                colourings = {"forward": fwd, "reverse": _colour("reverse", pattern, {}, fwd)}
         if request.out not in (None, "-"):
             from jaccli.sparse import files
 
