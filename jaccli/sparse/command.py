@@ -347,7 +347,9 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
 
             with timings.phase("write"):
                 files.save_pattern(request.out, "hessian" if hessian else "jacobian", pattern, colourings, fallbacks)
-        _footer(timings, "sparsity", "traced (make_fx)", problem.setup)
+        setup = problem.setup
+        timings.series("function alone", lambda: setup.fn(*setup.primals), request.repeat, request.warmup)
+        _footer(timings, "sparsity", "traced (make_fx)", setup)
         del torch
     m, n = pattern.shape
     summary = {

@@ -170,7 +170,7 @@ def render(stream: IO[str], result: SparseResult) -> None:
             f"({density:.2%}), {b.dtype}\n"
         )
         if m * n and m <= 12 and n <= 12:
-            with np.printoptions(precision=6, suppress=True, linewidth=100):
+            with np.printoptions(precision=6, suppress=True, linewidth=1000):
                 for line in str(b.toarray()).splitlines():
                     stream.write(f"  {line}\n")
     stream.write(f"colours: {result.colours} ({result.mode})\n")
