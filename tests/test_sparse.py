@@ -428,3 +428,44 @@ def test_missing_scipy_is_one_clear_line(stencil_module, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", None)
     monkeypatch.setitem(sys.modules, "scipy.sparse", None)
     assert_clean_error(jac("jacobian", "sten:f", "-p", "x.npy", "--sparse"), 2, "jaccli[sparse]")
+
+
+def test_no_forward_formula_falls_back_to_row_colouring(workdir):
+    write_module(
+        workdir,
+        "custom",
+        """
+        import torch
+        class Square(torch.autograd.Function):  # no jvp: forward mode cannot run it
+            @staticmethod
+            def forward(x):
+                return x * x
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                ctx.save_for_backward(inputs[0])
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                return 2 * x * g
+        def f(x):
+            return Square.apply(x.roll(1)) + x
+        """,
+    )
+    import custom
+
+    x = torch.randn(5, generator=GEN, dtype=torch.float64)
+    result = _sparse("jacobian", custom.f, x)
+    assert result.mode == "reverse"
+    np.testing.assert_array_equal(result.matrix.toarray(), torch.func.jacrev(custom.f)(x).numpy())
+
+
+def test_hessian_pattern_round_trip(stencil_module):
+    r = jac("sparsity", "sten:loss", "-p", "x.npy", "--hessian", "-o", "H.npz", "--format", "json", "--no-timings")
+    assert r.code == 0, r
+    assert json.loads(r.stdout)["nnz"] == 16  # (x**3).sum(): a diagonal Hessian
+    r = jac("hessian", "sten:loss", "-p", "x.npy", "--sparsity", "H.npz", "--dtype", "float64", "-o", "Hs.npz")
+    assert r.code == 0, r
+    import sten
+
+    x = torch.from_numpy(np.load("x.npy"))
+    np.testing.assert_array_equal(sp.load_npz("Hs.npz").toarray(), torch.func.hessian(sten.loss)(x).numpy())

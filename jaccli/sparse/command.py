@@ -243,7 +243,22 @@ def run_sparse(request: Any) -> Any:
     from jaccli.transforms import guarded
 
     with timings.phase("first call"):
-        values = guarded(compute, request.command)
+        try:
+            values = guarded(compute, request.command)
+        except Exception as exc:
+            from jaccli.transforms import failure_reason
+
+            # --mode auto: an op without a forward-mode formula; the row colouring needs none
+            auto = request.command == "jacobian" and request.mode == "auto" and request.engine != "func"
+            if not (auto and mode == "forward" and failure_reason(exc.__cause__ or exc) == "forward"):
+                raise
+            colours = _colour("reverse", pattern, given, plan.colours)
+            mode, plan = "reverse", compressed.plan("reverse", pattern, colours)
+            why = f"reverse: {plan.count} VJPs (--mode auto --sparse: forward mode failed here)"
+            timings.notes.append("--sparse: an operator has no forward-mode formula; fell back to reverse mode")
+            engine.plan = plan
+            engine._seeds.clear()
+            values = guarded(compute, request.command)
     first = timings.get("first call").times[0]
     timings.series("steady-state compute", compute, request.repeat, request.warmup, per_run_s=first)
     timings.series(

@@ -115,18 +115,32 @@ def _trace(fn: Callable[..., Any], primals: Sequence[Any], argnums: Sequence[int
 
     diff = [primals[a].detach() for a in argnums]
     try:
-        functional = torch.func.functionalize(flat, remove="mutations")
-        graph = make_fx(functional, tracing_mode="fake", _allow_non_fake_inputs=True)(*diff)
+        try:
+            functional = torch.func.functionalize(flat, remove="mutations")
+            graph = make_fx(functional, tracing_mode="fake", _allow_non_fake_inputs=True)(*diff)
+        except Exception as first:
+            if "functionalize" not in str(first).lower():
+                raise
+            # an op functionalize has no rule for (an autograd.Function): trace as it is, and
+            # keep the graph only if nothing in it writes in place
+            graph = make_fx(flat, tracing_mode="fake", _allow_non_fake_inputs=True)(*diff)
+            if any(_mutates(node) for node in graph.graph.nodes):
+                raise first
     except Exception as exc:  # data-dependent branches, .item(), numpy(): no pattern by tracing
         from jaccli.errors import describe
 
         text = describe(exc).splitlines()[0] if describe(exc) else type(exc).__name__
         raise TraceError(
-            f"cannot detect the sparsity pattern: tracing the function failed ({text[:200]}); "
-            "a function whose control flow depends on its input values cannot be traced: give the "
-            "pattern with --sparsity P.npz (a scipy.sparse .npz, outputs x inputs)"
+            f"cannot detect the sparsity pattern: tracing the function failed ({text[:200]}); a "
+            "function whose control flow depends on its input values (or that calls .item() or numpy) "
+            "cannot be traced: give the pattern with --sparsity P.npz (a scipy.sparse .npz, outputs x inputs)"
         ) from exc
     return graph, structure[-1]
+
+
+def _mutates(node: Any) -> bool:
+    schema = getattr(getattr(node, "target", None), "_schema", None)
+    return node.op == "call_function" and schema is not None and schema.is_mutable
 
 
 def _empty(rows: int, n: int) -> Any:
