@@ -78,6 +78,7 @@ JSON_COMMANDS = {
     "check": ["check", f"{QUICK}:f", "-p", f"{EXAMPLES}/x.npy"],
     "run": ["run", str(ROOT / "configs" / "rosenbrock-hessian.yaml")],
     "info": ["info"],
+    "sparsity": ["sparsity", f"{QUICK}:f", "-p", f"{EXAMPLES}/x.npy"],
 }
 
 
