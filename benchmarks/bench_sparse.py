@@ -119,10 +119,10 @@ def section_colours(quick: bool) -> list[dict]:
             jac_colours = f"{min(fwd, rev)} ({'rows' if rev < fwd else 'columns'}; {fwd} col / {rev} row)"
         asdex_colours = "asdex not installed"
         if have:
+            import warnings
+
             import asdex
             import jax.numpy as jnp
-
-            import warnings
 
             warnings.filterwarnings("ignore", category=asdex.DenseColoringWarning)
             xj = jnp.ones(n)
@@ -131,8 +131,15 @@ def section_colours(quick: bool) -> list[dict]:
             else:
                 cp = asdex.jacobian_coloring(jfns[name], xj)
             asdex_colours = f"{cp.num_colors} ({cp.mode})"
-        rows.append({"function": f"{name} ({kind}, n={n})", "nnz": int((found.hessian if kind == "hessian" else found.matrix).nnz),
-                     "jac colours": jac_colours, "asdex colours": asdex_colours})  # fmt: skip
+        nnz = int((found.hessian if kind == "hessian" else found.matrix).nnz)
+        rows.append(
+            {
+                "function": f"{name} ({kind}, n={n})",
+                "nnz": nnz,
+                "jac colours": jac_colours,
+                "asdex colours": asdex_colours,
+            }
+        )
     return rows
 
 
@@ -221,8 +228,19 @@ def section_oneshot(quick: bool) -> list[dict]:
     out = Path(os.environ.get("TMPDIR", "/tmp")) / "jac_bench_sparse_J.npz"
     commands = {
         "import torch": [sys.executable, "-c", "import torch"],
-        "jac --sparse": [sys.executable, "-m", "jaccli", "jacobian", f"{HERE / 'bench_sparse.py'}:stencil", "-p",
-                         f"randn:{n}", "--sparse", "-o", str(out), "-q"],  # fmt: skip
+        "jac --sparse": [
+            sys.executable,
+            "-m",
+            "jaccli",
+            "jacobian",
+            f"{HERE / 'bench_sparse.py'}:stencil",
+            "-p",
+            f"randn:{n}",
+            "--sparse",
+            "-o",
+            str(out),
+            "-q",
+        ],  # fmt: skip
     }
     if _asdex():
         commands["asdex (detect, colour, jit, call)"] = [
@@ -236,8 +254,13 @@ def section_oneshot(quick: bool) -> list[dict]:
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["import torch"])
     return [
-        {"n": n, "what": name, "median": f"{statistics.median(v):.2f} s", "min": f"{min(v):.2f} s",
-         "vs import torch": f"{statistics.median(v) / base:.1f}x"}  # fmt: skip
+        {
+            "n": n,
+            "what": name,
+            "median": f"{statistics.median(v):.2f} s",
+            "min": f"{min(v):.2f} s",
+            "vs import torch": f"{statistics.median(v) / base:.1f}x",
+        }  # fmt: skip
         for name, v in times.items()
     ]
 
@@ -245,7 +268,11 @@ def section_oneshot(quick: bool) -> list[dict]:
 def section_sparse(quick: bool) -> list[dict]:
     """All three tables, flattened into one for run.py's printer (one row per figure)."""
     rows = []
-    for title, section in (("colours", section_colours), ("steady", section_steady), ("oneshot", section_oneshot)):
+    for title, section in (
+        ("colours", section_colours),
+        ("steady", section_steady),
+        ("oneshot", section_oneshot),
+    ):
         for row in section(quick):
             rows.append({"table": title, "figures": "; ".join(f"{k}: {v}" for k, v in row.items())})
     return rows

@@ -12,10 +12,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_error, jac, write_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import assert_clean_error, jac, write_module
 
 sp = pytest.importorskip("scipy.sparse")
 
@@ -63,7 +62,13 @@ def indexing(x):
 def shifting(x):  # cat, stack, roll, pad
     a = torch.nn.functional.pad(x, (2, 1)) ** 2
     b = torch.stack([x.roll(2), x.roll(-1)]).sum(0)
-    return torch.cat([a[1:-1] * b.repeat(2)[:7], b * x, torch.nn.functional.pad(x.reshape(2, 3), (1, 0), value=3.0).flatten()])
+    return torch.cat(
+        [
+            a[1:-1] * b.repeat(2)[:7],
+            b * x,
+            torch.nn.functional.pad(x.reshape(2, 3), (1, 0), value=3.0).flatten(),
+        ]
+    )
 
 
 def matmuls(x):
@@ -76,14 +81,14 @@ def matmuls(x):
 
 def convolutions(x):
     one = torch.nn.functional.conv1d(x.reshape(1, 1, 6), KERNEL, padding=2)
-    grid = torch.cat([x, x.cos(), x ** 2]).reshape(1, 1, 3, 6)
+    grid = torch.cat([x, x.cos(), x**2]).reshape(1, 1, 3, 6)
     two = torch.nn.functional.conv2d(grid, STENCIL, padding=1)
     return torch.cat([one.flatten(), two.flatten() * 1.5])
 
 
 def along(x):
     a = x.reshape(2, 3)
-    return torch.cat([torch.softmax(a, 1).flatten(), x.cumsum(0) * x, torch.sort(x ** 2)[0]])
+    return torch.cat([torch.softmax(a, 1).flatten(), x.cumsum(0) * x, torch.sort(x**2)[0]])
 
 
 def mutating(x):
@@ -100,7 +105,18 @@ def stencil(u):  # f(u) = Lap(u) + u^2 - u^3 on a periodic grid
     return (lap + g**2 - g**3).reshape(-1)
 
 
-FAMILIES = [elementwise, reductions, views, slicing, indexing, shifting, matmuls, convolutions, along, mutating]
+FAMILIES = [
+    elementwise,
+    reductions,
+    views,
+    slicing,
+    indexing,
+    shifting,
+    matmuls,
+    convolutions,
+    along,
+    mutating,
+]
 
 
 def _dense(fn, primals, argnums=(0,), mode="rev"):
@@ -122,7 +138,9 @@ def _dense(fn, primals, argnums=(0,), mode="rev"):
 
 
 def _sparse(command, fn, *primals, **options):
-    outcome = run(Request(command, fn, primals=list(primals), dtype="float64", sparse=True, repeat=1, **options))
+    outcome = run(
+        Request(command, fn, primals=list(primals), dtype="float64", sparse=True, repeat=1, **options)
+    )
     return outcome.sparse
 
 
@@ -169,7 +187,9 @@ def test_several_arguments_and_outputs_are_blocks_of_one_matrix(workdir):
     y = torch.randn(4, generator=GEN, dtype=torch.float64)
     np.save("x.npy", x.numpy())
     np.save("y.npy", y.numpy())
-    r = jac("jacobian", "multi:f", "-p", "x.npy", "-p", "y.npy", "--argnums", "0,1", "--sparse", "-o", "J.npz")
+    r = jac(
+        "jacobian", "multi:f", "-p", "x.npy", "-p", "y.npy", "--argnums", "0,1", "--sparse", "-o", "J.npz"
+    )
     assert r.code == 0, r
     whole = sp.load_npz("J.npz").toarray()
     dense = _dense(multi.f, [x, y], (0, 1), mode="fwd")
@@ -185,7 +205,9 @@ def test_several_arguments_and_outputs_are_blocks_of_one_matrix(workdir):
         block = whole[ro[br[i]] : ro[br[i] + 1], co[bc[i]] : co[bc[i] + 1]]
         np.testing.assert_array_equal(block, full[out][arg].reshape(block.shape).numpy())
     # JSON: COO triplets per key
-    r = jac("jacrev", "multi:f", "-p", "x.npy", "-p", "y.npy", "--argnums", "0,1", "--sparse", "--format", "json")
+    r = jac(
+        "jacrev", "multi:f", "-p", "x.npy", "-p", "y.npy", "--argnums", "0,1", "--sparse", "--format", "json"
+    )
     assert r.code == 0, r
     doc = json.loads(r.stdout)
     item = doc["jacobian.0.1"]
@@ -312,9 +334,7 @@ def test_detected_pattern_holds_every_true_nonzero(steps, seed):
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    m=st.integers(1, 30), n=st.integers(1, 30), density=st.floats(0.0, 0.5), seed=st.integers(0, 2**16)
-)
+@given(m=st.integers(1, 30), n=st.integers(1, 30), density=st.floats(0.0, 0.5), seed=st.integers(0, 2**16))
 def test_colourings_allow_direct_recovery(m, n, density, seed):
     p = sp.random(m, n, density=density, format="csr", random_state=seed, dtype=float) != 0
     assert colouring.valid_columns(p, colouring.column_colouring(p))
@@ -392,11 +412,16 @@ def test_check_sparse_catches_a_wrong_pattern(stencil_module):
 
 def test_bad_patterns_are_input_errors(stencil_module):
     (stencil_module / "junk.npz").write_text("not a zip")
-    assert_clean_error(jac("jacobian", "sten:f", "-p", "x.npy", "--sparsity", "junk.npz"), 2, "--sparsity junk.npz")
+    assert_clean_error(
+        jac("jacobian", "sten:f", "-p", "x.npy", "--sparsity", "junk.npz"), 2, "--sparsity junk.npz"
+    )
     assert_clean_error(jac("jacobian", "sten:f", "-p", "x.npy", "--sparsity", "none.npz"), 2, "no such file")
     sp.save_npz("small.npz", sp.identity(9, format="csr"))
     assert_clean_error(
-        jac("jacfwd", "sten:f", "-p", "x.npy", "--sparsity", "small.npz", "-o", "J.npz"), 2, "9 x 9", "16 x 16"
+        jac("jacfwd", "sten:f", "-p", "x.npy", "--sparsity", "small.npz", "-o", "J.npz"),
+        2,
+        "9 x 9",
+        "16 x 16",
     )
     assert not (stencil_module / "J.npz").exists()
     assert jac("sparsity", "sten:loss", "-p", "x.npy", "--hessian", "-o", "H.npz", "-q").code == 0
@@ -460,10 +485,14 @@ def test_no_forward_formula_falls_back_to_row_colouring(workdir):
 
 
 def test_hessian_pattern_round_trip(stencil_module):
-    r = jac("sparsity", "sten:loss", "-p", "x.npy", "--hessian", "-o", "H.npz", "--format", "json", "--no-timings")
+    r = jac(
+        "sparsity", "sten:loss", "-p", "x.npy", "--hessian", "-o", "H.npz", "--format", "json", "--no-timings"
+    )
     assert r.code == 0, r
     assert json.loads(r.stdout)["nnz"] == 16  # (x**3).sum(): a diagonal Hessian
-    r = jac("hessian", "sten:loss", "-p", "x.npy", "--sparsity", "H.npz", "--dtype", "float64", "-o", "Hs.npz")
+    r = jac(
+        "hessian", "sten:loss", "-p", "x.npy", "--sparsity", "H.npz", "--dtype", "float64", "-o", "Hs.npz"
+    )
     assert r.code == 0, r
     import sten
 

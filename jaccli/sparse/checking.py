@@ -54,11 +54,12 @@ def check_sparse(request: Any) -> Any:
         for _ in range(request.directions):
             v = torch.randn(problem.n, generator=gen, dtype=diff[0].dtype)
             tangents = [t.reshape(s) for t, s in zip(v.split(sizes), shapes)]
-            dense = guarded(lambda: torch.func.jvp(flat, tuple(diff), tuple(tangents))[1], "jvp")
+            pushed = lambda tangents=tangents: torch.func.jvp(flat, tuple(diff), tuple(tangents))[1]  # noqa: E731
+            dense = guarded(pushed, "jvp")
             worst_fwd.append((js @ v.numpy(), dense.detach().cpu().numpy()))
             u = torch.randn(problem.m, generator=gen, dtype=diff[0].dtype)
             _, pull = torch.func.vjp(flat, *diff)
-            back = guarded(lambda: torch.cat([g.reshape(-1) for g in pull(u)]), "vjp")
+            back = guarded(lambda pull=pull, u=u: torch.cat([g.reshape(-1) for g in pull(u)]), "vjp")
             worst_rev.append((js.T @ u.numpy(), back.detach().cpu().numpy()))
         rows.append(_row("sparse J.v against dense jvp", worst_fwd, tolerance, "output element"))
         rows.append(_row("sparse u^T.J against dense vjp", worst_rev, tolerance, "input element"))
@@ -80,18 +81,38 @@ def check_sparse(request: Any) -> Any:
                     )
                 )
             else:
-                rows.append(check.Row("pattern covers the dense Jacobian", "PASS", 0.0, 0.0,
-                                      f"{pattern.nnz} stored, {int((full != 0).sum())} nonzero"))
+                rows.append(
+                    check.Row(
+                        "pattern covers the dense Jacobian",
+                        "PASS",
+                        0.0,
+                        0.0,
+                        f"{pattern.nnz} stored, {int((full != 0).sum())} nonzero",
+                    )
+                )
         else:
-            rows.append(check.Row("pattern covers the dense Jacobian", "SKIPPED", detail=(
-                f"{problem.m} x {problem.n} is too large to compute densely; the products above check it")))
+            rows.append(
+                check.Row(
+                    "pattern covers the dense Jacobian",
+                    "SKIPPED",
+                    detail=(
+                        f"{problem.m} x {problem.n} is too large to compute densely; "
+                        "the products above check it"
+                    ),
+                )
+            )
     report = check.Report(rows, tolerance, dtype)
     report.notes.append(f"mode: {why}")
     if fallbacks:
         report.notes.append("ops without a sparsity rule: " + ", ".join(fallbacks))
     timings.series("function alone", lambda: setup.fn(*primals), request.repeat, request.warmup)
-    timings.footer.update(command="check --sparse", engine="torch.func", device=str(setup.device), dtype=dtype,
-                          torch=str(torch.__version__))
+    timings.footer.update(
+        command="check --sparse",
+        engine="torch.func",
+        device=str(setup.device),
+        dtype=dtype,
+        torch=str(torch.__version__),
+    )
     return CheckOutcome(report, timings)
 
 

@@ -25,9 +25,7 @@ def _validate(request: Any, commands: tuple[str, ...]) -> None:
     from jaccli.sparse.files import _require_scipy
 
     if request.command not in commands:
-        raise InputError(
-            f"--sparse and --sparsity are for jac {', '.join(commands)}; not {request.command}"
-        )
+        raise InputError(f"--sparse and --sparsity are for jac {', '.join(commands)}; not {request.command}")
     _require_scipy()
     if request.has_aux:
         raise InputError("--sparse does not take --has-aux; return the output alone")
@@ -150,13 +148,21 @@ def _choose(request: Any, pattern: Any, given: dict) -> tuple[str, Any, str]:
     fwd = _colour("forward", pattern, given)
     rev = _colour("reverse", pattern, given, fwd)
     if _count(rev) < _count(fwd):
-        return "reverse", rev, (
-            f"reverse (--mode auto --sparse: {_count(rev)} row colours against {_count(fwd)} column "
-            "colours; fewer products)"
+        return (
+            "reverse",
+            rev,
+            (
+                f"reverse (--mode auto --sparse: {_count(rev)} row colours against {_count(fwd)} column "
+                "colours; fewer products)"
+            ),
         )
-    return "forward", fwd, (
-        f"forward (--mode auto --sparse: {_count(fwd)} column colours against {_count(rev)} row "
-        "colours; fewer products, forward on a tie)"
+    return (
+        "forward",
+        fwd,
+        (
+            f"forward (--mode auto --sparse: {_count(fwd)} column colours against {_count(rev)} row "
+            "colours; fewer products, forward on a tie)"
+        ),
     )
 
 
@@ -166,8 +172,7 @@ def _count(colours: Any) -> int:
 
 def _keys(request: Any, problem: Problem) -> tuple[list[str], list[int], list[int], list[int], list[int]]:
     """Keys, row offsets, column offsets, and per key its row part and column part."""
-    many = len(problem.argnums) > 1 or isinstance(request.argnums, tuple) and len(request.argnums) > 1
-    many = not isinstance(problem.setup.argnums, int)
+    many = not isinstance(problem.setup.argnums, int)  # --argnums 0,1 (a tuple): keys .0, .1
     sizes_in = [problem.sample[a].numel() for a in problem.argnums]
     cols = [0]
     for s in sizes_in:
@@ -199,13 +204,14 @@ def run_sparse(request: Any) -> Any:
     import torch
 
     from jaccli.routing import evaluate
-    from jaccli.runner import Outcome, _footer
-    from jaccli.runner import check_request
+    from jaccli.runner import Outcome, _footer, check_request
 
     check_request(request)
     fmt = _format(request)
     if fmt == "npy":
-        raise InputError("a sparse result is written as .npz (scipy.sparse.save_npz), .json or .yaml, not .npy")
+        raise InputError(
+            "a sparse result is written as .npz (scipy.sparse.save_npz), .json or .yaml, not .npy"
+        )
     problem = _problem(request, SPARSE_COMMANDS)
     setup, timings = problem.setup, problem.setup.timings
     hessian = request.command == "hessian"
@@ -224,7 +230,9 @@ def run_sparse(request: Any) -> Any:
     if request.compile:
         timings.notes.append("--sparse runs uncompiled; --compile was not used")
     itemsize = setup.primals[0].element_size()
-    chunk = request.chunk_size or compressed.chunk_for(request.max_memory, plan.count, problem.m, problem.n, itemsize)
+    chunk = request.chunk_size or compressed.chunk_for(
+        request.max_memory, plan.count, problem.m, problem.n, itemsize
+    )
     shapes = [tuple(problem.sample[a].shape) for a in problem.argnums]
     sizes = [problem.sample[a].numel() for a in problem.argnums]
     engine = compressed.Compressed(setup.fn, problem.argnums, sizes, shapes, plan, chunk)
@@ -255,14 +263,19 @@ def run_sparse(request: Any) -> Any:
             colours = _colour("reverse", pattern, given, plan.colours)
             mode, plan = "reverse", compressed.plan("reverse", pattern, colours)
             why = f"reverse: {plan.count} VJPs (--mode auto --sparse: forward mode failed here)"
-            timings.notes.append("--sparse: an operator has no forward-mode formula; fell back to reverse mode")
+            timings.notes.append(
+                "--sparse: an operator has no forward-mode formula; fell back to reverse mode"
+            )
             engine.plan = plan
             engine._seeds.clear()
             values = guarded(compute, request.command)
     first = timings.get("first call").times[0]
     timings.series("steady-state compute", compute, request.repeat, request.warmup, per_run_s=first)
     timings.series(
-        "function alone", lambda: evaluate(setup.fn, primals, batch, request.engine), request.repeat, request.warmup
+        "function alone",
+        lambda: evaluate(setup.fn, primals, batch, request.engine),
+        request.repeat,
+        request.warmup,
     )
     with timings.phase("move to host"):
         host = values.detach().cpu()
@@ -344,7 +357,9 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
             raise InputError(f"-o {request.out}: a pattern is written as .npz (scipy.sparse's format)")
         outputs.check_destination(request.out)
     if request.format not in ("text", "json", "yaml"):
-        raise InputError(f"jac sparsity prints a summary: use --format text, json or yaml, not {request.format}")
+        raise InputError(
+            f"jac sparsity prints a summary: use --format text, json or yaml, not {request.format}"
+        )
     if request.sparsity:
         raise InputError("jac sparsity detects a pattern; --sparsity gives one: leave it out")
     with contextlib.redirect_stdout(sys.stderr):
@@ -361,7 +376,9 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
             from jaccli.sparse import files
 
             with timings.phase("write"):
-                files.save_pattern(request.out, "hessian" if hessian else "jacobian", pattern, colourings, fallbacks)
+                files.save_pattern(
+                    request.out, "hessian" if hessian else "jacobian", pattern, colourings, fallbacks
+                )
         setup = problem.setup
         timings.series("function alone", lambda: setup.fn(*setup.primals), request.repeat, request.warmup)
         _footer(timings, "sparsity", "traced (make_fx)", setup)
@@ -373,7 +390,8 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
         "nnz": int(pattern.nnz),
         "density": pattern.nnz / (m * n) if m * n else 0.0,
         "colours": {
-            {"forward": "columns", "reverse": "rows", "symmetric": "star"}[k]: _count(v) for k, v in colourings.items()
+            {"forward": "columns", "reverse": "rows", "symmetric": "star"}[k]: _count(v)
+            for k, v in colourings.items()
         },
         "fallbacks": fallbacks,
     }
@@ -389,8 +407,12 @@ def render_pattern(stream: IO[str], outcome: PatternOutcome, fmt: str) -> None:
     if fmt != "text":
         stream.write(outputs.dump_document(s, fmt))
         return
-    what = "Hessian (input x input elements)" if s["kind"] == "hessian" else "Jacobian (output x input elements)"
-    stream.write(f"pattern: {what} {s['shape'][0]} x {s['shape'][1]}, {s['nnz']} stored ({s['density']:.2%})\n")
+    what = (
+        "Hessian (input x input elements)" if s["kind"] == "hessian" else "Jacobian (output x input elements)"
+    )
+    stream.write(
+        f"pattern: {what} {s['shape'][0]} x {s['shape'][1]}, {s['nnz']} stored ({s['density']:.2%})\n"
+    )
     colours = ", ".join(f"{v} {k}" for k, v in s["colours"].items())
     stream.write(f"colours: {colours}\n")
     fell = ", ".join(s["fallbacks"]) if s["fallbacks"] else "none"

@@ -102,7 +102,9 @@ class Compressed:
             for a, t in zip(self.argnums, diff):
                 args[a] = t
             leaves = [leaf for _, leaf in trees.leaves(self.fn(*args))]
-            leaves = [x for x in leaves if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())]
+            leaves = [
+                x for x in leaves if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
+            ]
             return torch.cat([x.reshape(-1) for x in leaves]) if leaves else torch.zeros(0)
 
         return flat

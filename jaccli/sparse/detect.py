@@ -216,6 +216,7 @@ def _reduce(rows: Any, shape: Sequence[int], dims: Sequence[int] | None) -> tupl
 
 # --- op tables --------------------------------------------------------------------------------------
 
+
 def _ops() -> dict[str, Any]:
     import torch
 
@@ -268,29 +269,102 @@ def _ops() -> dict[str, Any]:
                  "linalg_vector_norm", "all", "any", "argmax", "argmin", "median", "nanmedian", "mode",
                  "logcumsumexp"):  # fmt: skip
         for op in o(name):
-            if name in ("max", "min", "median", "nanmedian") and op._overloadname in ("other", "default", "out"):
+            if name in ("max", "min", "median", "nanmedian") and op._overloadname in (
+                "other",
+                "default",
+                "out",
+            ):
                 if op._overloadname == "other":
                     continue  # maximum-like pointwise: tagged pointwise
             reductions[op] = name
     along = {}  # ops along one dim: every element depends on its whole line; dim position
     for name, pos in (("_softmax", 1), ("softmax", 1), ("_log_softmax", 1), ("log_softmax", 1),
                       ("cumsum", 1), ("cumprod", 1), ("cummax", 1), ("cummin", 1), ("sort", 1),
-                      ("logcumsumexp", 1), ("topk", 2), ("kthvalue", 2), ("_softmax_backward_data", 2)):  # fmt: skip
+                      ("logcumsumexp", 1), ("topk", 2), ("kthvalue", 2)):  # fmt: skip
         for op in o(name):
             along[op] = pos
-    matmuls = o("mm", "bmm", "mv", "dot", "vdot", "addmm", "baddbmm", "addmv", "matmul", "addbmm", "inner",
-                "outer", "ger")
+    matmuls = o(
+        "mm",
+        "bmm",
+        "mv",
+        "dot",
+        "vdot",
+        "addmm",
+        "baddbmm",
+        "addmv",
+        "matmul",
+        "addbmm",
+        "inner",
+        "outer",
+        "ger",
+    )
     convs = o("convolution", "_convolution")
     linear = o(
-        "add", "sub", "neg", "rsub", "clone", "alias", "_to_copy", "relu", "abs", "clamp", "clamp_min",
-        "clamp_max", "maximum", "minimum", "fmax", "fmin", "hardtanh", "leaky_relu", "where", "positive",
-        "sum", "mean", "nansum", "cumsum", "amax", "amin", "max", "min", "sort", "topk", "cummax",
-        "cummin", "median", "kthvalue", "fill", "zeros_like", "ones_like", "full_like", "copy",
-        "conj", "real", "imag", "sign", "floor", "ceil", "round", "trunc", "frac", "threshold",
-        "aminmax", "masked_fill", "nanmean", "relu6", "hardshrink", "softshrink",
+        "add",
+        "sub",
+        "neg",
+        "rsub",
+        "clone",
+        "alias",
+        "_to_copy",
+        "relu",
+        "abs",
+        "clamp",
+        "clamp_min",
+        "clamp_max",
+        "maximum",
+        "minimum",
+        "fmax",
+        "fmin",
+        "hardtanh",
+        "leaky_relu",
+        "where",
+        "positive",
+        "sum",
+        "mean",
+        "nansum",
+        "cumsum",
+        "amax",
+        "amin",
+        "max",
+        "min",
+        "sort",
+        "topk",
+        "cummax",
+        "cummin",
+        "median",
+        "kthvalue",
+        "fill",
+        "zeros_like",
+        "ones_like",
+        "full_like",
+        "copy",
+        "conj",
+        "real",
+        "imag",
+        "sign",
+        "floor",
+        "ceil",
+        "round",
+        "trunc",
+        "frac",
+        "threshold",
+        "aminmax",
+        "masked_fill",
+        "nanmean",
+        "relu6",
+        "hardshrink",
+        "softshrink",
     ) | {prims.convert_element_type.default}
-    return {"moves": moves, "reductions": reductions, "along": along, "matmuls": matmuls, "convs": convs,
-            "linear": linear, "to_copy": o("_to_copy", "to") | {prims.convert_element_type.default}}
+    return {
+        "moves": moves,
+        "reductions": reductions,
+        "along": along,
+        "matmuls": matmuls,
+        "convs": convs,
+        "linear": linear,
+        "to_copy": o("_to_copy", "to") | {prims.convert_element_type.default},
+    }
 
 
 _TABLES: dict[str, Any] = {}
@@ -370,7 +444,9 @@ class _Walker:
             return target(*args, **kwargs)
         value = node.meta.get("val")
         outputs = value if isinstance(value, (tuple, list)) else [value]
-        if not any(isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) for v in outputs):
+        if not any(
+            isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) for v in outputs
+        ):
             return self._no_derivative(value)
         if not any(d.floating for d in deps):  # only integer or boolean dependent inputs
             return self._no_derivative(value)
@@ -507,8 +583,16 @@ class _Walker:
             dims = args[2] if len(args) > 2 else kwargs.get("dim")
         elif name in ("norm",):
             dims = args[2] if len(args) > 2 else kwargs.get("dim")
-        elif overload in ("default",) and name not in ("var", "std", "var_mean", "std_mean", "amax", "amin",
-                                                       "logsumexp", "count_nonzero"):
+        elif overload in ("default",) and name not in (
+            "var",
+            "std",
+            "var_mean",
+            "std_mean",
+            "amax",
+            "amin",
+            "logsumexp",
+            "count_nonzero",
+        ):
             dims = None
         else:
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
@@ -584,7 +668,12 @@ class _Walker:
             return _Dep(_binary(total), shape, True)
         # mm, bmm, addmm, baddbmm: (..., m, k) @ (..., k, n)
         if isinstance(a, _Dep):
-            if isinstance(b, torch.Tensor) and a.rows is not None and len(a.shape) == 2 and self._small(b, a.shape[0]):
+            if (
+                isinstance(b, torch.Tensor)
+                and a.rows is not None
+                and len(a.shape) == 2
+                and self._small(b, a.shape[0])
+            ):
                 add(self._const_right(b, a.rows, a.shape[0]))
             else:
                 r, kept = _reduce(a.rows, a.shape, [len(a.shape) - 1])
@@ -606,14 +695,18 @@ class _Walker:
         import scipy.sparse as sp
 
         structure = sp.csr_matrix((a != 0).cpu().numpy())
-        return sp.kron(structure, sp.identity(n, dtype=bool, format="csr"), format="csr").astype(bool) @ rows_b
+        return (
+            sp.kron(structure, sp.identity(n, dtype=bool, format="csr"), format="csr").astype(bool) @ rows_b
+        )
 
     def _const_right(self, b: Any, rows_a: Any, m: int) -> Any:
         """A @ B with B known: out (i, j) reads A (i, k) where B[k, j] != 0."""
         import scipy.sparse as sp
 
         structure = sp.csr_matrix((b != 0).cpu().numpy().T)
-        return sp.kron(sp.identity(m, dtype=bool, format="csr"), structure, format="csr").astype(bool) @ rows_a
+        return (
+            sp.kron(sp.identity(m, dtype=bool, format="csr"), structure, format="csr").astype(bool) @ rows_a
+        )
 
     def _conv(self, args: Any, value: Any) -> Any:
         import itertools
@@ -662,7 +755,9 @@ class _Walker:
             bsz, cin = x_shape[0], x_shape[1]
             cout = shape[1]
             cin_g, cout_g = cin // groups, cout // groups
-            src = src.reshape(bsz, groups, 1, cin_g * k, *out_sp).expand(bsz, groups, cout_g, cin_g * k, *out_sp)
+            src = src.reshape(bsz, groups, 1, cin_g * k, *out_sp).expand(
+                bsz, groups, cout_g, cin_g * k, *out_sp
+            )
             rows = torch.arange(out_numel).reshape(bsz, groups, cout_g, 1, *out_sp).expand(src.shape)
             keep = src > 0
             if isinstance(w, torch.Tensor):  # a known weight: only its nonzero taps
@@ -700,7 +795,9 @@ class _Walker:
                 )
             indptr = np.arange(numel + 1, dtype=np.int64) * len(union)
             rows.append(
-                sp.csr_matrix((np.ones(numel * len(union), bool), np.tile(union, numel), indptr), (numel, self.n))
+                sp.csr_matrix(
+                    (np.ones(numel * len(union), bool), np.tile(union, numel), indptr), (numel, self.n)
+                )
             )
         return self._wrap(value, rows)
 

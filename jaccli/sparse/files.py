@@ -62,8 +62,16 @@ class SparseResult:
             ]
             matrix = sp.block_diag(parts, format="csr")
         return SparseResult(
-            matrix, [key], [0, ro[r + 1] - ro[r]], [0, co[c + 1] - co[c]], [0], [0], self.colours, self.mode,
-            self.samples, self.notes,
+            matrix,
+            [key],
+            [0, ro[r + 1] - ro[r]],
+            [0, co[c + 1] - co[c]],
+            [0],
+            [0],
+            self.colours,
+            self.mode,
+            self.samples,
+            self.notes,
         )
 
 
@@ -142,7 +150,9 @@ def write(path: str | None, fmt: str, result: SparseResult, stdout: IO[bytes], t
             raise InputError(f"a sparse result is written as .npz, .json or .yaml, not .{fmt}")
 
     if fmt == "npy":
-        raise InputError("a sparse result is written as .npz (scipy.sparse.save_npz), .json or .yaml, not .npy")
+        raise InputError(
+            "a sparse result is written as .npz (scipy.sparse.save_npz), .json or .yaml, not .npy"
+        )
     if path is not None and path != "-":
         outputs.atomic_write(path, encode)
     elif fmt == "text":
@@ -164,11 +174,12 @@ def render(stream: IO[str], result: SparseResult) -> None:
         m, n = b.shape
         density = b.nnz / (m * n) if m * n else 0.0
         sample = " (per sample; sample 0 shown)" if result.samples is not None else ""
-        axes = "input elements x input elements" if key.startswith("hessian") else "output elements x input elements"
-        stream.write(
-            f"{key}: sparse {m} x {n} ({axes}){sample}, {b.nnz} stored "
-            f"({density:.2%}), {b.dtype}\n"
+        axes = (
+            "input elements x input elements"
+            if key.startswith("hessian")
+            else "output elements x input elements"
         )
+        stream.write(f"{key}: sparse {m} x {n} ({axes}){sample}, {b.nnz} stored ({density:.2%}), {b.dtype}\n")
         if m * n and m <= 12 and n <= 12:
             with np.printoptions(precision=6, suppress=True, linewidth=1000):
                 for line in str(b.toarray()).splitlines():
@@ -184,7 +195,9 @@ def render(stream: IO[str], result: SparseResult) -> None:
 COLOUR_KEYS = {"forward": "column_colours", "reverse": "row_colours", "symmetric": "star_colours"}
 
 
-def save_pattern(path: str, kind: str, pattern: Any, colourings: dict[str, Any], fallbacks: list[str]) -> None:
+def save_pattern(
+    path: str, kind: str, pattern: Any, colourings: dict[str, Any], fallbacks: list[str]
+) -> None:
     import numpy as np
 
     from jaccli import outputs
