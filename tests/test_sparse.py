@@ -304,7 +304,7 @@ def _unary_ops():
 UNARY = _unary_ops()
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     steps=st.lists(st.tuples(st.integers(0, len(UNARY) - 1), st.booleans()), min_size=1, max_size=5),
     seed=st.integers(0, 2**16),
