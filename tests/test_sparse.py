@@ -279,6 +279,7 @@ def _unary_ops():
     rng = torch.Generator().manual_seed(7)
     weights = torch.randn(N, N, generator=rng, dtype=torch.float64) * (torch.rand(N, N, generator=rng) < 0.3)
     perm = torch.randperm(N, generator=rng)
+    dup = torch.tensor([0, 2, 2, 5, 1, 0])
     kernel = torch.tensor([[[1.0, 0.0, -1.0]]], dtype=torch.float64)
     return [
         lambda a: a.roll(1),
@@ -298,6 +299,8 @@ def _unary_ops():
         lambda a: torch.where(perm > 2, a, a.exp()),
         lambda a: a.reshape(2, 3).amax(1).repeat(3),
         lambda a: torch.zeros(N, dtype=a.dtype).index_add(0, perm, a),
+        lambda a: torch.zeros(N, dtype=a.dtype).index_put((dup,), a, accumulate=True),  # repeated indices
+        lambda a: a.scatter_add(0, dup, a.sin()),
     ]
 
 

@@ -258,8 +258,7 @@ def _ops() -> dict[str, Any]:
         moves[op] = ()
     for name, idx in (
         ("gather", (2,)), ("index_select", (2,)), ("index", (1,)), ("take", (1,)), ("where.self", (0,)),
-        ("masked_fill", (1,)), ("scatter.src", (2,)), ("scatter.value", (2,)), ("index_put", (1,)),
-        ("take_along_dim", (1,)),
+        ("masked_fill", (1,)), ("take_along_dim", (1,)),
     ):  # fmt: skip
         for op in o(name):
             moves[op] = idx
@@ -267,7 +266,7 @@ def _ops() -> dict[str, Any]:
     for name in ("sum", "mean", "nansum", "prod", "amax", "amin", "logsumexp", "var", "std",
                  "var_mean", "std_mean", "max", "min", "aminmax", "nanmean", "norm", "count_nonzero",
                  "linalg_vector_norm", "all", "any", "argmax", "argmin", "median", "nanmedian", "mode",
-                 "logcumsumexp"):  # fmt: skip
+                 ):  # fmt: skip
         for op in o(name):
             if name in ("max", "min", "median", "nanmedian") and op._overloadname in (
                 "other",
@@ -364,6 +363,8 @@ def _ops() -> dict[str, Any]:
         "convs": convs,
         "linear": linear,
         "to_copy": o("_to_copy", "to") | {prims.convert_element_type.default},
+        # duplicate indices: every source sent to an element counts (autograd's backward says so)
+        "adds": o("scatter_add", "index_add", "index_put", "scatter_reduce.two", "scatter.src", "scatter.value"),
     }
 
 
@@ -508,6 +509,8 @@ class _Walker:
                 return self._matmul(target, args, value)
             if target in t["convs"] and not args[6]:
                 return self._conv(args, value)
+            if target in t["adds"]:
+                return self._accumulate(target, args, kwargs, value)
         except _NoRule:
             pass
         return self._fallback(target, deps, value)
@@ -768,6 +771,57 @@ class _Walker:
             c = (src[keep] - 1).round().to(torch.int64).numpy()
             m = sp.csr_matrix((np.ones(len(r), bool), (r, c)), shape=(out_numel, math.prod(x_shape)))
             add(m @ x.rows)
+        if total is None:
+            raise _NoRule
+        return _Dep(_binary(total), shape, True)
+
+    def _accumulate(self, target: Any, args: Any, kwargs: Any, value: Any) -> Any:
+        """scatter_add, index_add, index_put (accumulate or not): self's element, or self's and
+        every source element sent to it; the destinations come from the known indices."""
+        import numpy as np
+        import scipy.sparse as sp
+        import torch
+
+        name = target._overloadpacket.__name__
+        shape = tuple(value.shape)
+        out_numel = math.prod(shape)
+        dest_ids = torch.arange(out_numel, dtype=torch.int64).reshape(shape)
+        if name == "scatter" and not isinstance(args[3], (torch.Tensor, _Dep)):
+            if isinstance(args[2], _Dep) or not isinstance(args[0], _Dep):
+                raise _NoRule
+            return _Dep(args[0].rows, shape, True)  # scatter.value: self's elements or a constant
+        if name in ("scatter_add", "scatter_reduce", "scatter"):
+            this, dim, index, src = args[0], args[1], args[2], args[3]
+            if isinstance(index, _Dep):
+                raise _NoRule
+            dest = torch.gather(dest_ids, dim, index)
+            src_shape = tuple(src.shape)
+            src_ids = torch.arange(math.prod(src_shape)).reshape(src_shape)[tuple(slice(0, k) for k in index.shape)]
+        elif name == "index_add":
+            this, dim, index, src = args[0], args[1], args[2], args[3]
+            if isinstance(index, _Dep):
+                raise _NoRule
+            dest = dest_ids.index_select(dim, index)
+            src_shape = tuple(src.shape)
+            src_ids = torch.arange(math.prod(src_shape)).reshape(src_shape)
+        else:  # index_put(self, indices, values, accumulate)
+            this, indices, src = args[0], args[1], args[2]
+            if any(isinstance(i, _Dep) for i in indices):
+                raise _NoRule
+            dest = dest_ids[tuple(slice(None) if i is None else i for i in indices)]
+            src_shape = tuple(src.shape)
+            src_ids = torch.arange(math.prod(src_shape)).reshape(src_shape).expand(dest.shape)
+        if tuple(src_ids.shape) != tuple(dest.shape):
+            raise _NoRule
+        total = None
+        if isinstance(this, _Dep):
+            total = this.rows  # a superset where index_put overwrites: that is allowed
+        if isinstance(src, _Dep):
+            r = dest.reshape(-1).numpy()
+            c = src_ids.reshape(-1).numpy()
+            m = sp.csr_matrix((np.ones(len(r), bool), (r, c)), shape=(out_numel, math.prod(src_shape)))
+            part = m @ src.rows
+            total = part if total is None else total + part
         if total is None:
             raise _NoRule
         return _Dep(_binary(total), shape, True)
