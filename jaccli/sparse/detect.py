@@ -364,7 +364,9 @@ def _ops() -> dict[str, Any]:
         "linear": linear,
         "to_copy": o("_to_copy", "to") | {prims.convert_element_type.default},
         # duplicate indices: every source sent to an element counts (autograd's backward says so)
-        "adds": o("scatter_add", "index_add", "index_put", "scatter_reduce.two", "scatter.src", "scatter.value"),
+        "adds": o(
+            "scatter_add", "index_add", "index_put", "scatter_reduce.two", "scatter.src", "scatter.value"
+        ),
     }
 
 
@@ -796,7 +798,8 @@ class _Walker:
                 raise _NoRule
             dest = torch.gather(dest_ids, dim, index)
             src_shape = tuple(src.shape)
-            src_ids = torch.arange(math.prod(src_shape)).reshape(src_shape)[tuple(slice(0, k) for k in index.shape)]
+            region = tuple(slice(0, k) for k in index.shape)
+            src_ids = torch.arange(math.prod(src_shape)).reshape(src_shape)[region]
         elif name == "index_add":
             this, dim, index, src = args[0], args[1], args[2], args[3]
             if isinstance(index, _Dep):
