@@ -35,6 +35,10 @@ def _validate(request: Any, commands: tuple[str, ...]) -> None:
         raise InputError("--plot draws dense Jacobians; with --sparse, load J.npz and use matplotlib's spy")
     if request.randomness != "error":
         raise InputError("--sparse needs a deterministic function; leave out --randomness")
+    from jaccli import distributed
+
+    if distributed.launched():
+        raise InputError("--sparse does not run under torchrun yet: run it as one process")
 
 
 @dataclass
