@@ -20,6 +20,9 @@ shared machine hits them all; it reports min and median over rounds. Sections:
   code path (``jaccli.run``), on functions where the choice matters and where it does not.
 - directions, spectrum: `--directions 64` against 64 runs and torch.func.vmap(jvp); `jac
   spectrum` on n = 1,000,000 and against numpy on n = 2,048 (see bench_linalg.py).
+- sparse: `--sparse` colours against asdex's, the steady state at n = 4,096 against dense
+  jacrev, a hand-seeded vmap(jvp) and asdex under jax.jit, one-shot n = 65,536 against
+  `import torch` (see bench_sparse.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import bench_engines  # noqa: E402
 import bench_functions  # noqa: E402
 import bench_linalg  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_sparse  # noqa: E402
 
 
 def steady(command: str, func, x, mode: str, repeat: int, batch_dim=None) -> tuple[float, str]:
@@ -129,6 +133,7 @@ SECTIONS = {
     "mode": _mode,
     "directions": bench_linalg.section_directions,
     "spectrum": bench_linalg.section_spectrum,
+    "sparse": bench_sparse.section_sparse,
 }
 QUICK_SECTIONS = ("help", "oneshot", "steady")  # --quick with no section named: these
 

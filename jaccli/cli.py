@@ -31,6 +31,7 @@ from jaccli.params import (
     randomness_option,
     timing_options,
 )
+from jaccli.sparse.options import sparse_option_group
 
 EPILOG_TAIL = "Exit codes: 0 success, 2 usage or input error, 3 the function or its derivative raised."
 
@@ -222,6 +223,7 @@ def _jacobian_help(title: str, examples: str) -> str:
     ),
     jacobian_options,
     randomness_option,
+    sparse_option_group,
 )
 def jacfwd(**options: Any) -> None:
     _execute("jacfwd", options)
@@ -236,6 +238,7 @@ def jacfwd(**options: Any) -> None:
     ),
     jacobian_options,
     chunk_size_option,
+    sparse_option_group,
 )
 def jacrev(**options: Any) -> None:
     _execute("jacrev", options)
@@ -261,6 +264,7 @@ def jacrev(**options: Any) -> None:
     jacobian_options,
     chunk_size_option,
     randomness_option,
+    sparse_option_group,
 )
 def jacobian(**options: Any) -> None:
     _execute("jacobian", options)
@@ -282,6 +286,7 @@ def jacobian(**options: Any) -> None:
     plot_option,
     chunk_size_option,
     randomness_option,
+    sparse_option_group,
 )
 def hessian(**options: Any) -> None:
     _execute("hessian", options)
@@ -421,6 +426,7 @@ def spectrum(**options: Any) -> None:
     help="How far two evaluations at the same point (same --seed) may differ; more is reported as "
     "a nondeterministic function (FAIL).",
 )
+@sparse_option_group
 @module_options
 @inputs_and_device
 @output_options
@@ -453,6 +459,49 @@ def check(**options: Any) -> int:
 
         render_timings(sys.stderr, outcome.timings)
     return 0 if outcome.report.passed else 1
+
+
+@cli.command(epilog=EPILOG_TAIL)
+@function_and_primals
+@argnums_option
+@click.option("--hessian", is_flag=True, help="The pattern of the Hessian (a one-element output) instead.")
+@engine_options
+@inputs_and_device
+@click.option("-o", "--out", metavar="P.npz", help="Write the pattern and its colourings (scipy.sparse .npz).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    show_default=True,
+    help="How the summary is printed.",
+)
+@timing_options
+@config_option
+def sparsity(**options: Any) -> None:
+    """Detect a function's sparsity pattern by tracing it, colour it, and save both for --sparsity.
+
+    Prints the pattern's shape, stored entries, colours and any op without a rule (taken to depend
+    on everything it reads). The .npz is readable with scipy.sparse.load_npz.
+
+    \b
+    Examples:
+      jac sparsity examples/stencil.py:smooth -p randn:12 -o P.npz
+      jac jacobian examples/stencil.py:smooth -p randn:12 --sparsity P.npz -o J.npz
+      jac sparsity examples/quickstart.py:loss -p examples/x.npy --hessian
+    """
+    from jaccli.sparse.command import render_pattern, run_pattern
+
+    hessian = options.pop("hessian")
+    request = _request("sparsity", options)
+    quiet = _quiet(options)
+    outcome = run_pattern(request, hessian)
+    if not quiet:
+        render_pattern(sys.stdout, outcome, request.format)
+        if not options["no_timings"]:
+            from jaccli.render import render_timings
+
+            render_timings(sys.stderr, outcome.timings)
 
 
 @cli.command()

@@ -79,6 +79,8 @@ class Request:
     by: str = "magnitude"  # spectrum: eigenvalues ordered by magnitude or real part
     rank_tol: float | None = None  # spectrum: numerical rank counts values above rank_tol * s_max
     tol: float | None = None  # spectrum: ARPACK's relative accuracy (None: machine precision)
+    sparse: bool = False  # jacobian, jacfwd, jacrev, hessian, check: a scipy.sparse result (jaccli.sparse)
+    sparsity: str | None = None  # a pattern file to use instead of detecting one (implies sparse)
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Outcome:
     timings: Timings
     axes: dict[str, Any] = field(default_factory=dict)  # per Jacobian or Hessian key: pictures.Axes
     streamed: Any = None  # a jaccli.streaming.Streamed: the result went to its file while computed
+    sparse: Any = None  # a jaccli.sparse.files.SparseResult (--sparse): deliver writes it
 
 
 def output_format(request: Request) -> str:
@@ -135,6 +138,10 @@ def run(request: Request, stdout: BinaryIO | None = None) -> Outcome:
         )
     # The user's code may print: keep standard output for results alone.
     with contextlib.redirect_stdout(sys.stderr):
+        if request.sparse or request.sparsity:
+            from jaccli.sparse.command import run_sparse
+
+            return run_sparse(request)
         return _run(request)
 
 
@@ -643,6 +650,10 @@ def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: 
     from jaccli.render import render_text
 
     fmt = output_format(request)
+    if outcome.sparse is not None:
+        from jaccli.sparse.command import deliver_sparse
+
+        return deliver_sparse(outcome, request, stdout, text_stdout)
     if outcome.streamed is not None:  # written while computed (its write is timed already)
         if rank() == 0:
             _write_timings(outcome.timings, request)
@@ -680,6 +691,10 @@ def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
 
     refuse_sparse(request.primals)
     with contextlib.redirect_stdout(sys.stderr):
+        if request.sparse or request.sparsity:
+            from jaccli.sparse.checking import check_sparse
+
+            return check_sparse(request)
         return _check(request)
 
 

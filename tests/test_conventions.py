@@ -79,6 +79,7 @@ JSON_COMMANDS = {
     "spectrum": ["spectrum", f"{QUICK}:f", "-p", f"{EXAMPLES}/x.npy"],
     "run": ["run", str(ROOT / "configs" / "rosenbrock-hessian.yaml")],
     "info": ["info"],
+    "sparsity": ["sparsity", f"{QUICK}:f", "-p", f"{EXAMPLES}/x.npy"],
 }
 
 

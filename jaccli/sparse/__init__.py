@@ -1,0 +1,1 @@
+"""Sparse Jacobians and Hessians (--sparse, --sparsity, jac sparsity): see command.py."""

@@ -1,0 +1,428 @@
+"""``--sparse`` and ``--sparsity`` on jacobian, jacfwd, jacrev and hessian, and ``jac sparsity``.
+
+The phases, after the usual load / read / move / first call: "detect pattern" (or "read
+pattern"), "colour", then the first call and the steady-state runs of the compressed products
+and their decompression, the function alone, and the move to the host, where the stored values
+become a ``scipy.sparse`` CSR matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import IO, Any, BinaryIO
+
+from jaccli import trees
+from jaccli.errors import InputError
+from jaccli.sparse import compressed
+from jaccli.sparse.files import SparseResult
+
+SPARSE_COMMANDS = ("jacfwd", "jacrev", "jacobian", "hessian")
+_NAMES = {"forward": "forward", "reverse": "reverse", "symmetric": "symmetric"}
+
+
+def _validate(request: Any, commands: tuple[str, ...]) -> None:
+    from jaccli.sparse.files import _require_scipy
+
+    if request.command not in commands:
+        raise InputError(f"--sparse and --sparsity are for jac {', '.join(commands)}; not {request.command}")
+    _require_scipy()
+    if request.has_aux:
+        raise InputError("--sparse does not take --has-aux; return the output alone")
+    if request.wrt != "inputs":
+        raise InputError("--sparse differentiates inputs only; leave out --wrt params")
+    if request.plot is not None:
+        raise InputError("--plot draws dense Jacobians; with --sparse, load J.npz and use matplotlib's spy")
+    if request.randomness != "error":
+        raise InputError("--sparse needs a deterministic function; leave out --randomness")
+    from jaccli import distributed
+
+    if distributed.launched():
+        raise InputError("--sparse does not run under torchrun yet: run it as one process")
+
+
+@dataclass
+class Problem:
+    setup: Any
+    argnums: tuple[int, ...]
+    sample: list  # the primals of one sample (all of them with no --batch-dim)
+    output: Any  # the function's output (one sample's shapes)
+    out_leaves: list[tuple[str, Any]]  # floating output leaves (one sample)
+    m: int
+    n: int
+
+
+def _problem(request: Any, commands: tuple[str, ...]) -> Problem:
+    import torch
+
+    from jaccli import transforms
+    from jaccli.routing import evaluate
+    from jaccli.runner import _check_scalar, _per_sample_shapes, _setup
+
+    setup = _setup(request, commands)
+    fn, primals, timings = setup.fn, setup.primals, setup.timings
+    batch = request.batch_dim
+    with timings.phase("function, first call"):
+        output, _ = transforms.call_function(
+            lambda *p: evaluate(fn, p, batch, request.engine), primals, False
+        )
+    sample_output, _ = _per_sample_shapes(output, primals, batch)
+    if request.command == "hessian" or getattr(request, "_hessian", False):
+        _check_scalar("hessian", sample_output)
+    argnums = setup.argnums if isinstance(setup.argnums, tuple) else (setup.argnums,)
+    sample = [p.select(batch, 0) for p in primals] if batch is not None else list(primals)
+    leaves = [
+        (k, t)
+        for k, t in trees.leaves(sample_output)
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+    ]
+    m = sum(t.numel() for _, t in leaves)
+    n = sum(sample[a].numel() for a in argnums)
+    return Problem(setup, argnums, sample, sample_output, leaves, m, n)
+
+
+def _pattern(request: Any, problem: Problem, hessian: bool) -> tuple[Any, dict, list[str]]:
+    """(pattern, colourings given with it, ops that fell back), detected or read from --sparsity."""
+    from jaccli.sparse import files
+
+    timings = problem.setup.timings
+    kind = "hessian" if hessian else "jacobian"
+    want = (problem.n, problem.n) if hessian else (problem.m, problem.n)
+    if request.sparsity:
+        with timings.phase("read pattern"):
+            given = files.load_pattern(request.sparsity)
+        what = "Hessian (inputs x inputs)" if hessian else "Jacobian (output elements x input elements)"
+        if given.kind is not None and given.kind != kind:
+            raise InputError(
+                f"--sparsity {request.sparsity}: a {given.kind} pattern, but jac {request.command} needs a "
+                f"{kind} pattern; write one with 'jac sparsity{' --hessian' if hessian else ''}'"
+            )
+        if tuple(given.matrix.shape) != want:
+            raise InputError(
+                f"--sparsity {request.sparsity}: the pattern is {given.matrix.shape[0]} x "
+                f"{given.matrix.shape[1]} but this function's {what} is {want[0]} x {want[1]}; "
+                "detect one for these inputs with 'jac sparsity FUNC -p X -o P.npz'"
+            )
+        matrix = given.matrix
+        if hessian:
+            import scipy.sparse as sp
+
+            matrix = sp.csr_matrix(matrix + matrix.T, dtype=bool)
+        return matrix, given.colourings, []
+    from jaccli.sparse.detect import detect
+
+    with timings.phase("detect pattern"):
+        found = detect(problem.setup.fn, problem.sample, problem.argnums, hessian=hessian)
+    return (found.hessian if hessian else found.matrix), {}, found.fallbacks
+
+
+def _colour(mode: str, pattern: Any, given: dict, columns: Any = None) -> Any:
+    from jaccli.sparse import colouring
+
+    if mode in given:
+        colours = given[mode]
+        ok = (
+            colouring.valid_symmetric(pattern, colours)
+            if mode == "symmetric"
+            else colouring.valid_columns(pattern if mode == "forward" else pattern.T.tocsr(), colours)
+        )
+        if ok:
+            return colours
+    if mode == "forward":
+        return colouring.column_colouring(pattern)
+    if mode == "reverse":
+        return colouring.row_colouring(pattern, columns)
+    return colouring.star_colouring(pattern)
+
+
+def _choose(request: Any, pattern: Any, given: dict) -> tuple[str, Any, str]:
+    """The mode, its colours and a note saying why."""
+    command = request.command
+    if command == "hessian":
+        colours = _colour("symmetric", pattern, given)
+        return "symmetric", colours, f"{_count(colours)} Hessian-vector products (star colouring)"
+    if command == "jacfwd" or (command == "jacobian" and request.mode == "fwd"):
+        colours = _colour("forward", pattern, given)
+        why = "jacfwd" if command == "jacfwd" else "--mode fwd"
+        return "forward", colours, f"forward: {_count(colours)} JVPs, one per column colour ({why})"
+    if command == "jacrev" or (command == "jacobian" and request.mode == "rev"):
+        colours = _colour("reverse", pattern, given)
+        why = "jacrev" if command == "jacrev" else "--mode rev"
+        return "reverse", colours, f"reverse: {_count(colours)} VJPs, one per row colour ({why})"
+    fwd = _colour("forward", pattern, given)
+    rev = _colour("reverse", pattern, given, fwd)
+    if _count(rev) < _count(fwd):
+        return (
+            "reverse",
+            rev,
+            (
+                f"reverse (--mode auto --sparse: {_count(rev)} row colours against {_count(fwd)} column "
+                "colours; fewer products)"
+            ),
+        )
+    return (
+        "forward",
+        fwd,
+        (
+            f"forward (--mode auto --sparse: {_count(fwd)} column colours against {_count(rev)} row "
+            "colours; fewer products, forward on a tie)"
+        ),
+    )
+
+
+def _count(colours: Any) -> int:
+    return int(colours.max()) + 1 if len(colours) else 0
+
+
+def _keys(request: Any, problem: Problem) -> tuple[list[str], list[int], list[int], list[int], list[int]]:
+    """Keys, row offsets, column offsets, and per key its row part and column part."""
+    many = not isinstance(problem.setup.argnums, int)  # --argnums 0,1 (a tuple): keys .0, .1
+    sizes_in = [problem.sample[a].numel() for a in problem.argnums]
+    cols = [0]
+    for s in sizes_in:
+        cols.append(cols[-1] + s)
+    if request.command == "hessian":
+        keys, br, bc = [], [], []
+        for i in range(len(problem.argnums)):
+            for j in range(len(problem.argnums)):
+                keys.append(f"hessian.{i}.{j}" if many else "hessian")
+                br.append(i)
+                bc.append(j)
+        return keys, cols, cols, br, bc
+    rows = [0]
+    keys, br, bc = [], [], []
+    for r, (out_key, leaf) in enumerate(problem.out_leaves):
+        rows.append(rows[-1] + leaf.numel())
+        base = trees.join("jacobian", out_key)
+        for position in range(len(problem.argnums)):
+            keys.append(trees.join(base, str(position)) if many else base)
+            br.append(r)
+            bc.append(position)
+    return keys, rows, cols, br, bc
+
+
+def run_sparse(request: Any) -> Any:
+    """``jac jacobian|jacfwd|jacrev|hessian --sparse``: an Outcome whose ``sparse`` holds the result."""
+    _validate(request, SPARSE_COMMANDS)
+    import scipy.sparse as sp
+    import torch
+
+    from jaccli.routing import evaluate
+    from jaccli.runner import Outcome, _footer, check_request
+
+    check_request(request)
+    fmt = _format(request)
+    if fmt == "npy":
+        raise InputError(
+            "a sparse result is written as .npz (scipy.sparse.save_npz), .json or .yaml, not .npy"
+        )
+    problem = _problem(request, SPARSE_COMMANDS)
+    setup, timings = problem.setup, problem.setup.timings
+    hessian = request.command == "hessian"
+    keys, rows, cols, br, bc = _keys(request, problem)
+    if request.select is not None and request.select not in keys:
+        raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(keys)}")
+    pattern, given, fallbacks = _pattern(request, problem, hessian)
+    with timings.phase("colour"):
+        mode, colours, why = _choose(request, pattern, given)
+        plan = compressed.plan(mode, pattern, colours)
+    if fallbacks:
+        timings.notes.append(
+            "--sparse: no sparsity rule for " + ", ".join(fallbacks) + "; their outputs were taken to depend "
+            "on every element they read (the pattern may hold more entries than needed)"
+        )
+    if request.compile:
+        timings.notes.append("--sparse runs uncompiled; --compile was not used")
+    itemsize = setup.primals[0].element_size()
+    chunk = request.chunk_size or compressed.chunk_for(
+        request.max_memory, plan.count, problem.m, problem.n, itemsize
+    )
+    shapes = [tuple(problem.sample[a].shape) for a in problem.argnums]
+    sizes = [problem.sample[a].numel() for a in problem.argnums]
+    engine = compressed.Compressed(setup.fn, problem.argnums, sizes, shapes, plan, chunk)
+    primals, batch = setup.primals, request.batch_dim
+
+    if batch is None:
+
+        def compute() -> Any:
+            return engine.values(primals)
+    else:
+        engine.vmapped = True
+
+        def compute() -> Any:
+            return torch.func.vmap(lambda *p: engine.values(p), in_dims=batch)(*primals)
+
+    from jaccli.transforms import guarded
+
+    with timings.phase("first call"):
+        try:
+            values = guarded(compute, request.command)
+        except Exception as exc:
+            from jaccli.transforms import failure_reason
+
+            # --mode auto: an op without a forward-mode formula; the row colouring needs none
+            auto = request.command == "jacobian" and request.mode == "auto" and request.engine != "func"
+            if not (auto and mode == "forward" and failure_reason(exc.__cause__ or exc) == "forward"):
+                raise
+            colours = _colour("reverse", pattern, given, plan.colours)
+            mode, plan = "reverse", compressed.plan("reverse", pattern, colours)
+            why = f"reverse: {plan.count} VJPs (--mode auto --sparse: forward mode failed here)"
+            timings.notes.append(
+                "--sparse: an operator has no forward-mode formula; fell back to reverse mode"
+            )
+            engine.plan = plan
+            engine._seeds.clear()
+            values = guarded(compute, request.command)
+    first = timings.get("first call").times[0]
+    timings.series("steady-state compute", compute, request.repeat, request.warmup, per_run_s=first)
+    timings.series(
+        "function alone",
+        lambda: evaluate(setup.fn, primals, batch, request.engine),
+        request.repeat,
+        request.warmup,
+    )
+    with timings.phase("move to host"):
+        host = values.detach().cpu()
+        dtype = str(host.dtype).replace("torch.", "")
+        if host.dtype == torch.bfloat16:
+            host = host.float()
+        host = host.numpy()
+        p = plan.pattern
+        if batch is None:
+            matrix = sp.csr_matrix((host, p.indices, p.indptr), shape=p.shape)
+            samples = None
+        else:
+            samples = host.shape[0]
+            matrix = sp.block_diag(
+                [sp.csr_matrix((host[s], p.indices, p.indptr), shape=p.shape) for s in range(samples)],
+                format="csr",
+            )
+        result = SparseResult(matrix, keys, rows, cols, br, bc, plan.count, mode, samples)
+        if request.select is not None:
+            result = result.selected(request.select)
+        result.notes.append(f"mode: {why}")
+        if batch is not None:
+            result.notes.append(
+                "--batch-dim: the file holds the samples' matrices block-diagonally, sample after sample"
+            )
+        results = {k: result.selected(k).matrix.data for k in result.keys}
+    timings.footer["mode"] = f"{why}"
+    _footer(timings, request.command, f"sparse, {plan.count} {_product_name(mode)}", setup)
+    outcome = Outcome(results, {}, {k: dtype for k in results}, timings)
+    outcome.sparse = result
+    return outcome
+
+
+def _product_name(mode: str) -> str:
+    return {"forward": "JVPs (column colouring)", "reverse": "VJPs (row colouring)"}.get(
+        mode, "Hessian-vector products (star colouring)"
+    )
+
+
+def _format(request: Any) -> str:
+    from jaccli.runner import output_format
+
+    return output_format(request)
+
+
+def deliver_sparse(outcome: Any, request: Any, stdout: IO[bytes], text_stdout: IO[str]) -> None:
+    from jaccli.runner import _write_timings
+    from jaccli.sparse import files
+
+    with outcome.timings.phase("write"):
+        files.write(request.out, _format(request), outcome.sparse, stdout, text_stdout)
+    _write_timings(outcome.timings, request)
+
+
+# --- jac sparsity ------------------------------------------------------------------------------
+
+
+@dataclass
+class PatternOutcome:
+    summary: dict[str, Any]
+    timings: Any
+
+
+def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> PatternOutcome:
+    """``jac sparsity``: detect the pattern (and colour it), write it with -o P.npz."""
+    import contextlib
+    import sys
+
+    import torch
+
+    from jaccli.runner import _footer
+
+    request = replace(request, command="hessian" if hessian else "jacobian")
+    _validate(request, SPARSE_COMMANDS)
+    if request.out not in (None, "-"):
+        from jaccli import outputs
+
+        if not request.out.endswith(".npz"):
+            raise InputError(f"-o {request.out}: a pattern is written as .npz (scipy.sparse's format)")
+        outputs.check_destination(request.out)
+    if request.format not in ("text", "json", "yaml"):
+        raise InputError(
+            f"jac sparsity prints a summary: use --format text, json or yaml, not {request.format}"
+        )
+    if request.sparsity:
+        raise InputError("jac sparsity detects a pattern; --sparsity gives one: leave it out")
+    with contextlib.redirect_stdout(sys.stderr):
+        problem = _problem(replace(request, command="hessian" if hessian else "jacobian"), SPARSE_COMMANDS)
+        timings = problem.setup.timings
+        pattern, _, fallbacks = _pattern(request, problem, hessian)
+        with timings.phase("colour"):
+            if hessian:
+                colourings = {"symmetric": _colour("symmetric", pattern, {})}
+            else:
+                fwd = _colour("forward", pattern, {})
+                colourings = {"forward": fwd, "reverse": _colour("reverse", pattern, {}, fwd)}
+        if request.out not in (None, "-"):
+            from jaccli.sparse import files
+
+            with timings.phase("write"):
+                files.save_pattern(
+                    request.out, "hessian" if hessian else "jacobian", pattern, colourings, fallbacks
+                )
+        setup = problem.setup
+        timings.series("function alone", lambda: setup.fn(*setup.primals), request.repeat, request.warmup)
+        _footer(timings, "sparsity", "traced (make_fx)", setup)
+        del torch
+    m, n = pattern.shape
+    summary = {
+        "kind": "hessian" if hessian else "jacobian",
+        "shape": [int(m), int(n)],
+        "nnz": int(pattern.nnz),
+        "density": pattern.nnz / (m * n) if m * n else 0.0,
+        "colours": {
+            {"forward": "columns", "reverse": "rows", "symmetric": "star"}[k]: _count(v)
+            for k, v in colourings.items()
+        },
+        "fallbacks": fallbacks,
+    }
+    if request.out not in (None, "-"):
+        summary["written"] = request.out
+    return PatternOutcome(summary, timings)
+
+
+def render_pattern(stream: IO[str], outcome: PatternOutcome, fmt: str) -> None:
+    from jaccli import outputs
+
+    s = outcome.summary
+    if fmt != "text":
+        stream.write(outputs.dump_document(s, fmt))
+        return
+    what = (
+        "Hessian (input x input elements)" if s["kind"] == "hessian" else "Jacobian (output x input elements)"
+    )
+    stream.write(
+        f"pattern: {what} {s['shape'][0]} x {s['shape'][1]}, {s['nnz']} stored ({s['density']:.2%})\n"
+    )
+    colours = ", ".join(f"{v} {k}" for k, v in s["colours"].items())
+    stream.write(f"colours: {colours}\n")
+    fell = ", ".join(s["fallbacks"]) if s["fallbacks"] else "none"
+    stream.write(f"ops without a rule (depend on all they read): {fell}\n")
+    stream.flush()
+
+
+def total(shape: Any) -> int:
+    return math.prod(shape)
