@@ -16,6 +16,12 @@ from typing import Any, Callable
 # Without --repeat, steady-state runs stop once they have taken this long (at least one runs),
 # so a slow Jacobian is not computed many times over just to be timed.
 AUTO_BUDGET_S = 1.0
+# ... and, so that timing never makes a one-shot command much slower, all of them together
+# may take at most this share of the command's one-shot cost, modelled as ONE_SHOT_BASE_S
+# (starting Python and torch: 1.4-3 s measured) plus its first call. A series whose warm-up
+# and one run would exceed that is not run at all, and the table says so.
+ONE_SHOT_SHARE = 0.05
+ONE_SHOT_BASE_S = 1.5
 DEFAULT_REPEAT = 5
 DEFAULT_WARMUP = 1
 
@@ -25,6 +31,7 @@ class Phase:
     name: str
     times: list[float]
     is_series: bool = False  # repeated runs (min / median / max) rather than one timed block
+    skipped: str | None = None  # why an automatic series was not run
 
     def stats(self) -> dict[str, float] | None:
         if not self.times:
@@ -42,6 +49,7 @@ class Timings:
     phases: list[Phase] = field(default_factory=list)
     footer: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    auto_spent: float = 0.0  # seconds spent so far on automatic (no --repeat) series
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -71,16 +79,35 @@ class Timings:
         from jaccli import progress
 
         budget = None if repeat is not None else AUTO_BUDGET_S
+        if budget is not None and per_run_s is not None:
+            budget = min(budget, ONE_SHOT_SHARE * (ONE_SHOT_BASE_S + per_run_s) - self.auto_spent)
+            if per_run_s * ((DEFAULT_WARMUP if warmup is None else warmup) + 1) > budget:
+                return self._not_repeated(name, per_run_s)
         repeat = DEFAULT_REPEAT if repeat is None else repeat
         warmup = DEFAULT_WARMUP if warmup is None else warmup
         if repeat == 0:
             warmup = 0  # nothing to time, so nothing to warm up for
         runs = warmup + repeat
         long = per_run_s is not None and per_run_s * runs > progress.LONG_S
+        start = time.perf_counter()
         with progress.bar(name, runs if long else 0) as shown:
             times = self._runs(fn, warmup, repeat, budget, shown)
+        if budget is not None:
+            self.auto_spent += time.perf_counter() - start
         phase = Phase(name, times, is_series=True)
         self.phases.append(phase)
+        return phase
+
+    def _not_repeated(self, name: str, per_run_s: float) -> Phase:
+        from jaccli.render import duration
+
+        why = (
+            f"not repeated: one run took {duration(per_run_s)}, and timing more would add over "
+            f"{ONE_SHOT_SHARE:.0%} to this one-shot command; --repeat N times it"
+        )
+        phase = Phase(name, [], is_series=True, skipped=why)
+        self.phases.append(phase)
+        self.footer.setdefault("not_repeated", []).append(f"{name}: {why}")
         return phase
 
     def _runs(
@@ -125,6 +152,8 @@ class Timings:
             entry: dict[str, Any] = {"phase": p.name, "runs": len(p.times)}
             if p.is_series:
                 entry.update(p.stats() or {})
+                if p.skipped:
+                    entry["skipped"] = p.skipped
             else:
                 entry["seconds"] = p.times[0]
             phases.append(entry)
