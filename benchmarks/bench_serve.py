@@ -73,13 +73,24 @@ def section_serve(quick: bool) -> list[dict]:
         np.save(Path(tmp, "x64.npy"), rng.standard_normal(64).astype(np.float32))
         examples = ROOT / "examples"
         cases = {
-            "quickstart jvp": ["jvp", f"{examples}/quickstart.py:f", "-p", f"{examples}/x.npy", "-t", f"{examples}/v.npy"],
+            "quickstart jvp": [
+                "jvp",
+                f"{examples}/quickstart.py:f",
+                "-p",
+                f"{examples}/x.npy",
+                "-t",
+                f"{examples}/v.npy",
+            ],
             "rosenbrock(1000) vjp": ["vjp", "bench_serve_funcs:rosenbrock", "-p", "x1000.npy", "-o", "g.npz"],
             "64x512 MLP jacrev": ["jacrev", "bench_serve_funcs:mlp", "-p", "x64.npy", "-o", "J.npy"],
             "quickstart check": ["check", f"{examples}/quickstart.py:f", "-p", f"{examples}/x.npy"],
         }
-        start = subprocess.run([*jac, "serve", "start", "--idle", "10m", "--timeout", "300"], env=env,
-                               capture_output=True, cwd=tmp)
+        start = subprocess.run(
+            [*jac, "serve", "start", "--idle", "10m", "--timeout", "300"],
+            env=env,
+            capture_output=True,
+            cwd=tmp,
+        )
         if start.returncode != 0:
             raise RuntimeError(f"jac serve start failed: {start.stderr.decode()[-500:]}")
         status = subprocess.run([*jac, "serve", "status", "--format", "json"], env=env, capture_output=True)
@@ -98,8 +109,9 @@ def section_serve(quick: bool) -> list[dict]:
                 for label, cmd, mode in order if i % 2 == 0 else reversed(order):
                     run_env = dict(env) if mode is None else {**env, "JAC_SERVER": mode}
                     t0 = time.perf_counter()
-                    proc = subprocess.run(cmd, env=run_env, cwd=tmp, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE)
+                    proc = subprocess.run(
+                        cmd, env=run_env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                    )
                     times[label].append(time.perf_counter() - t0)
                     if proc.returncode not in (0, 1):
                         raise RuntimeError(f"{label}: {proc.stderr.decode()[-500:]}")
@@ -107,16 +119,18 @@ def section_serve(quick: bool) -> list[dict]:
             for name in cases:
                 served = statistics.median(times[f"{name} served"])
                 alone = statistics.median(times[f"{name} alone"])
-                rows.append({
-                    "case": name,
-                    "calls": calls,
-                    "served median": f"{served * 1e3:.0f} ms",
-                    "alone median": f"{alone * 1e3:.0f} ms",
-                    "import torch median": f"{anchor * 1e3:.0f} ms",
-                    "served / import torch": served / anchor,
-                    "alone / import torch": alone / anchor,
-                    "target": "<= 0.1",
-                })
+                rows.append(
+                    {
+                        "case": name,
+                        "calls": calls,
+                        "served median": f"{served * 1e3:.0f} ms",
+                        "alone median": f"{alone * 1e3:.0f} ms",
+                        "import torch median": f"{anchor * 1e3:.0f} ms",
+                        "served / import torch": served / anchor,
+                        "alone / import torch": alone / anchor,
+                        "target": "<= 0.1",
+                    }
+                )
             loop = (
                 "import sys, jaccli.client as c\n"
                 f"args = {cases['quickstart jvp'] + ['--no-timings']!r}\n"
@@ -125,20 +139,24 @@ def section_serve(quick: bool) -> list[dict]:
             )
             rss0 = _rss_kib(pid)
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", loop], env=env, cwd=tmp, stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(
+                [sys.executable, "-c", loop], env=env, cwd=tmp, stdout=subprocess.DEVNULL, check=True
+            )
             elapsed = time.perf_counter() - t0
             time.sleep(0.5)
             rss1 = _rss_kib(pid)
-            rows.append({
-                "case": f"server RSS over {requests} quickstart jvp requests",
-                "calls": requests,
-                "served median": f"{elapsed / requests * 1e3:.0f} ms (mean, no Python start-up)",
-                "alone median": "",
-                "import torch median": "",
-                "served / import torch": f"RSS {rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MiB",
-                "alone / import torch": f"children left: {_children(pid)}",
-                "target": "no growth",
-            })
+            rows.append(
+                {
+                    "case": f"server RSS over {requests} quickstart jvp requests",
+                    "calls": requests,
+                    "served median": f"{elapsed / requests * 1e3:.0f} ms (mean, no Python start-up)",
+                    "alone median": "",
+                    "import torch median": "",
+                    "served / import torch": f"RSS {rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MiB",
+                    "alone / import torch": f"children left: {_children(pid)}",
+                    "target": "no growth",
+                }
+            )
         finally:
             subprocess.run([*jac, "serve", "stop"], env=env, capture_output=True)
             try:

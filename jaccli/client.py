@@ -66,9 +66,7 @@ def compat_key() -> dict:
     Found without importing anything: torch's ``version.py`` is looked up along ``sys.path``.
     """
     package = os.path.dirname(os.path.abspath(__file__))
-    newest = max(
-        (e.stat().st_mtime_ns for e in os.scandir(package) if e.name.endswith(".py")), default=0
-    )
+    newest = max((e.stat().st_mtime_ns for e in os.scandir(package) if e.name.endswith(".py")), default=0)
     torch_file, torch_version, torch_stamp = "", "", 0
     for entry in sys.path:
         candidate = os.path.join(entry or os.getcwd(), "torch", "version.py")
@@ -103,7 +101,9 @@ def compat_key() -> dict:
 
 
 def describe_key(key: dict) -> str:
-    return f"jac {key.get('jac')} from {key.get('jaccli')}, Python {key.get('python')}, torch {key.get('torch')}"
+    return (
+        f"jac {key.get('jac')} from {key.get('jaccli')}, Python {key.get('python')}, torch {key.get('torch')}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,8 +322,11 @@ def _say_mismatch_once(server: dict, mine: dict) -> None:
     except OSError:
         return
     os.close(fd)
+    what = describe_key(mine)
+    if describe_key(server) == what:
+        what += ", whose source files changed since the server started"
     sys.stderr.write(
         f"jac: note: the running jac server (pid {server.get('pid')}: {describe_key(server)}) does not "
-        f"match this jac ({describe_key(mine)}); running without it ('jac serve stop' then "
+        f"match this jac ({what}); running without it ('jac serve stop' then "
         "'jac serve start' replaces it)\n"
     )

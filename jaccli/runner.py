@@ -290,8 +290,11 @@ def _run(request: Request) -> Outcome:
     first = timings.get("first call").times[0]
     timings.series("steady-state compute", steady, request.repeat, request.warmup, per_run_s=first)
     timings.series(
-        "function alone", lambda: evaluate(fn, primals, batch, request.engine), request.repeat, request.warmup,
-        per_run_s=timings.get("function, first call").times[0],
+        "function alone",
+        lambda: evaluate(fn, primals, batch, request.engine),
+        request.repeat,
+        request.warmup,
+        per_run_s=timings.get("function, first call").times[0],  # timed only if cheap (timing.py)
     )
 
     with timings.phase("move to host"):

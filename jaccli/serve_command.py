@@ -79,8 +79,13 @@ def serve(ctx: click.Context, idle: str, max_children: int | None) -> None:
 @serve.command()
 @_IDLE
 @_MAX
-@click.option("--timeout", type=click.FloatRange(min=1), default=120, show_default=True,
-              help="Seconds to wait for the server to be ready.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=120,
+    show_default=True,
+    help="Seconds to wait for the server to be ready.",
+)
 def start(idle: str, max_children: int | None, timeout: float) -> None:
     """Start a server in the background and return once it answers.
 
@@ -105,14 +110,25 @@ def start(idle: str, max_children: int | None, timeout: float) -> None:
     env.pop("JAC_SERVER", None)
     if env.get("PYTHONPATH"):  # the server runs in its private folder: relative entries would move
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep))
-    command = [sys.executable, "-c", "import sys, jaccli.server as s; sys.exit(s.main())", "--idle", str(seconds)]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys, jaccli.server as s; sys.exit(s.main())",
+        "--idle",
+        str(seconds),
+    ]
     if max_children:
         command += ["--max", str(max_children)]
     log_path = os.path.join(folder, "serve.log")
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=log, start_new_session=True,
+            command,
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,7 +137,8 @@ def start(idle: str, max_children: int | None, timeout: float) -> None:
         answer = control("ping", timeout=5)
         if answer is not None and answer.get("pid") == process.pid:
             click.echo(
-                f"jac serve: ready (pid {process.pid}, {answer['socket']}, idle timeout {_duration(seconds)})",
+                f"jac serve: ready (pid {process.pid}, {answer['socket']}, "
+                f"idle timeout {_duration(seconds)})",
                 err=True,
             )
             return
@@ -140,8 +157,13 @@ def _last_line(path: str) -> str:
 
 
 @serve.command()
-@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
-              help="Seconds to wait for running commands to finish.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds to wait for running commands to finish.",
+)
 def stop(timeout: float) -> None:
     """Stop the server once its running commands finish.
 
@@ -169,10 +191,16 @@ def stop(timeout: float) -> None:
 
 
 @serve.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text for people, json for scripts.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for scripts.",
+)
 def status(fmt: str) -> None:
-    """Whether a server runs: pid, uptime, requests served, versions. Exit 1 when none runs.
+    """Whether a server runs: pid, uptime, requests served, versions.
 
     \b
     Examples:
@@ -187,7 +215,7 @@ def status(fmt: str) -> None:
             click.echo('{"running": false}')
         else:
             click.echo("no jac server running ('jac serve start' starts one)")
-        sys.exit(1)
+        return
     answer = {"running": True, **answer}
     if fmt == "json":
         import json

@@ -291,6 +291,7 @@ class Server:
             conn.close()
             self.served += 1
             reaped = True
+            _log(f"request {self.served}: child {pid} exited {code}")
         return reaped
 
 

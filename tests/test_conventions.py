@@ -78,6 +78,7 @@ JSON_COMMANDS = {
     "check": ["check", f"{QUICK}:f", "-p", f"{EXAMPLES}/x.npy"],
     "run": ["run", str(ROOT / "configs" / "rosenbrock-hessian.yaml")],
     "info": ["info"],
+    "serve": ["serve", "status"],
 }
 
 
@@ -89,7 +90,7 @@ def test_every_command_is_listed_for_json():
 
 @pytest.mark.parametrize("command", sorted(JSON_COMMANDS))
 def test_format_json_is_one_document(command, workdir):
-    extra = [] if command == "info" else ["--repeat", "0"]
+    extra = [] if command in ("info", "serve") else ["--repeat", "0"]
     run = jac(*JSON_COMMANDS[command], "--format", "json", *extra)
     assert run.code == 0, run
     doc = json.loads(run.stdout)  # the whole of stdout parses as one JSON document

@@ -43,8 +43,21 @@ def test_a_slow_first_call_is_not_repeated_by_default(workdir):
 
 def test_an_explicit_repeat_still_times_a_slow_function(workdir):
     write_module(workdir, "slowmod", SLOW)
-    run = jac("vjp", "slowmod:f", "-p", "[1.0, 2.0]", "-u", "ones", "--timings", "t.json", "--repeat", "2",
-              "--warmup", "0", "--no-timings")
+    run = jac(
+        "vjp",
+        "slowmod:f",
+        "-p",
+        "[1.0, 2.0]",
+        "-u",
+        "ones",
+        "--timings",
+        "t.json",
+        "--repeat",
+        "2",
+        "--warmup",
+        "0",
+        "--no-timings",
+    )
     assert run.code == 0, run
     _, phases = _timings(workdir / "t.json")
     assert phases["steady-state compute"]["runs"] == 2
@@ -63,12 +76,25 @@ def test_repeat_zero_keeps_the_one_shot_routes(workdir):
     write_module(workdir, "cheap", "import torch\ndef f(x):\n    return torch.sin(x) * x\n")
     engines = []
     for extra in ([], ["--repeat", "0"]):
-        run = jac("vjp", "cheap:f", "-p", "[1.0, 2.0, 3.0]", "-u", "ones", "--timings", "t.json", "--format",
-                  "json", *extra)
+        run = jac(
+            "vjp",
+            "cheap:f",
+            "-p",
+            "[1.0, 2.0, 3.0]",
+            "-u",
+            "ones",
+            "--timings",
+            "t.json",
+            "--format",
+            "json",
+            *extra,
+        )
         assert run.code == 0, run
         data, _ = _timings(workdir / "t.json")
         engines.append(data["engine"])
         x = np.array([1.0, 2.0, 3.0])
-        np.testing.assert_allclose(json.loads(run.stdout)["vjp.0"]["data"], np.sin(x) + x * np.cos(x), rtol=1e-6)
+        np.testing.assert_allclose(
+            json.loads(run.stdout)["vjp.0"]["data"], np.sin(x) + x * np.cos(x), rtol=1e-6
+        )
     assert engines[0] == engines[1], engines
     assert "torch.func" not in engines[1]

