@@ -16,10 +16,11 @@ from typing import Any, Callable
 # Without --repeat, steady-state runs stop once they have taken this long (at least one runs),
 # so a slow Jacobian is not computed many times over just to be timed.
 AUTO_BUDGET_S = 1.0
-# ... and, so that timing never makes a one-shot command much slower, all of them together
-# may take at most this share of the command's one-shot cost, modelled as ONE_SHOT_BASE_S
-# (starting Python and torch: 1.4-3 s measured) plus its first call. A series whose warm-up
-# and one run would exceed that is not run at all, and the table says so.
+# ... and, so that timing never makes a one-shot command much slower, the two automatic series
+# (steady state, function alone) together may take at most this share of the command's one-shot
+# cost, modelled as ONE_SHOT_BASE_S (starting Python and torch: 1.4-3 s measured) plus a first
+# call: half each. A series whose warm-up and one run would exceed its half is not run at all,
+# and the table says so.
 ONE_SHOT_SHARE = 0.05
 ONE_SHOT_BASE_S = 1.5
 DEFAULT_REPEAT = 5
@@ -49,7 +50,6 @@ class Timings:
     phases: list[Phase] = field(default_factory=list)
     footer: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    auto_spent: float = 0.0  # seconds spent so far on automatic (no --repeat) series
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -80,7 +80,7 @@ class Timings:
 
         budget = None if repeat is not None else AUTO_BUDGET_S
         if budget is not None and per_run_s is not None:
-            budget = min(budget, ONE_SHOT_SHARE * (ONE_SHOT_BASE_S + per_run_s) - self.auto_spent)
+            budget = min(budget, ONE_SHOT_SHARE / 2 * (ONE_SHOT_BASE_S + per_run_s))
             if per_run_s * ((DEFAULT_WARMUP if warmup is None else warmup) + 1) > budget:
                 return self._not_repeated(name, per_run_s)
         repeat = DEFAULT_REPEAT if repeat is None else repeat
@@ -89,11 +89,8 @@ class Timings:
             warmup = 0  # nothing to time, so nothing to warm up for
         runs = warmup + repeat
         long = per_run_s is not None and per_run_s * runs > progress.LONG_S
-        start = time.perf_counter()
         with progress.bar(name, runs if long else 0) as shown:
             times = self._runs(fn, warmup, repeat, budget, shown)
-        if budget is not None:
-            self.auto_spent += time.perf_counter() - start
         phase = Phase(name, times, is_series=True)
         self.phases.append(phase)
         return phase

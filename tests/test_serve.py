@@ -131,7 +131,7 @@ def _without_timings(stderr: str) -> list[str]:
     for line in stderr.splitlines():
         if re.match(r"^\s+phase\s+time", line):
             in_table = True
-        if not in_table:
+        if not in_table and ": not repeated: one run took" not in line:  # the table's own footnote
             kept.append(line)
         if in_table and "|  device" in line:
             in_table = False
