@@ -16,6 +16,8 @@ shared machine hits them all; it reports min and median over rounds. Sections:
   'jaccli[bench]'`, else the JAX columns say so).
 - memory: peak resident memory writing a 4 GiB float32 Jacobian to `-o J.npy` (target: 1 GiB).
 - distributed: one process against two torchrun ranks on the same Jacobian.
+- serve: one-shot `jac` through a warm `jac serve` server and without one, against `python -c
+  "import torch"` (target: 0.1x), and the server's memory over 1,000 requests.
 - mode: `jac jacobian --mode auto` against the better of jacfwd and jacrev, through jac's own
   code path (``jaccli.run``), on functions where the choice matters and where it does not.
 - directions, spectrum: `--directions 64` against 64 runs and torch.func.vmap(jvp); `jac
@@ -43,6 +45,7 @@ import bench_functions  # noqa: E402
 import bench_linalg  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_sparse  # noqa: E402
+import bench_serve  # noqa: E402
 
 
 def steady(command: str, func, x, mode: str, repeat: int, batch_dim=None) -> tuple[float, str]:
@@ -134,6 +137,7 @@ SECTIONS = {
     "directions": bench_linalg.section_directions,
     "spectrum": bench_linalg.section_spectrum,
     "sparse": bench_sparse.section_sparse,
+    "serve": bench_serve.section_serve,
 }
 QUICK_SECTIONS = ("help", "oneshot", "steady")  # --quick with no section named: these
 

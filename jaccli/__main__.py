@@ -1,3 +1,3 @@
-from jaccli.cli import main
+from jaccli.client import main
 
-main(prog_name="jac")
+main()

@@ -563,6 +563,11 @@ def run(ctx: click.Context, config: str, flags: tuple[str, ...]) -> Any:
         return command.invoke(sub)
 
 
+from jaccli.serve_command import serve  # noqa: E402 - the serve group, defined with its server
+
+cli.add_command(serve)
+
+
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     """Run the CLI; every error ends here as one line on stderr and the contract's exit code."""
     from jaccli.errors import ExitCode, JacError

@@ -82,7 +82,7 @@ def render_timings(stream: IO[str], timings: Timings) -> None:
     for phase in timings.phases:
         stats = phase.stats() if phase.is_series else None
         if phase.is_series and stats is None:
-            rows.append((phase.name, "-", "", "", "0"))
+            rows.append((phase.name, "not repeated" if phase.skipped else "-", "", "", "0"))
         elif phase.is_series:
             rows.append(
                 (
@@ -102,6 +102,8 @@ def render_timings(stream: IO[str], timings: Timings) -> None:
     stream.write(footer_line(timings) + "\n")
     if timings.footer.get("memory"):
         stream.write(timings.footer["memory"] + "\n")
+    for line in timings.footer.get("not_repeated", ()):
+        stream.write(line + "\n")
     stream.flush()
 
 

@@ -314,7 +314,11 @@ def _run(request: Request) -> Outcome:
     first = timings.get("first call").times[0]
     timings.series("steady-state compute", steady, request.repeat, request.warmup, per_run_s=first)
     timings.series(
-        "function alone", lambda: evaluate(fn, primals, batch, request.engine), request.repeat, request.warmup
+        "function alone",
+        lambda: evaluate(fn, primals, batch, request.engine),
+        request.repeat,
+        request.warmup,
+        per_run_s=timings.get("function, first call").times[0],  # timed only if cheap (timing.py)
     )
 
     with timings.phase("move to host"):
@@ -537,7 +541,7 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     free = command in FREE_ROUTES and request.mode != "fwd" and request.randomness == "error"
     free = free and not request.compile  # --compile traces torch.func's transforms: they go first
     auto = request.engine == "auto" and batch is None and free
-    untaxed_first = auto and request.repeat is None
+    untaxed_first = auto and not request.repeat  # --repeat 0 is one-shot too
     trial = auto and bool(request.repeat) and passes * PASS_COST * call_time <= TRIAL_BUDGET_S
     if command != "jacobian":
         return Plan((command,), None, untaxed_first, loop_ok, trial)

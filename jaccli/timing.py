@@ -16,6 +16,13 @@ from typing import Any, Callable
 # Without --repeat, steady-state runs stop once they have taken this long (at least one runs),
 # so a slow Jacobian is not computed many times over just to be timed.
 AUTO_BUDGET_S = 1.0
+# ... and, so that timing never makes a one-shot command much slower, the two automatic series
+# (steady state, function alone) together may take at most this share of the command's one-shot
+# cost, modelled as ONE_SHOT_BASE_S (starting Python and torch: 1.4-3 s measured) plus a first
+# call: half each. A series whose warm-up and one run would exceed its half is not run at all,
+# and the table says so.
+ONE_SHOT_SHARE = 0.05
+ONE_SHOT_BASE_S = 1.5
 DEFAULT_REPEAT = 5
 DEFAULT_WARMUP = 1
 
@@ -25,6 +32,7 @@ class Phase:
     name: str
     times: list[float]
     is_series: bool = False  # repeated runs (min / median / max) rather than one timed block
+    skipped: str | None = None  # why an automatic series was not run
 
     def stats(self) -> dict[str, float] | None:
         if not self.times:
@@ -71,6 +79,10 @@ class Timings:
         from jaccli import progress
 
         budget = None if repeat is not None else AUTO_BUDGET_S
+        if budget is not None and per_run_s is not None:
+            budget = min(budget, ONE_SHOT_SHARE / 2 * (ONE_SHOT_BASE_S + per_run_s))
+            if per_run_s * ((DEFAULT_WARMUP if warmup is None else warmup) + 1) > budget:
+                return self._not_repeated(name, per_run_s)
         repeat = DEFAULT_REPEAT if repeat is None else repeat
         warmup = DEFAULT_WARMUP if warmup is None else warmup
         if repeat == 0:
@@ -81,6 +93,18 @@ class Timings:
             times = self._runs(fn, warmup, repeat, budget, shown)
         phase = Phase(name, times, is_series=True)
         self.phases.append(phase)
+        return phase
+
+    def _not_repeated(self, name: str, per_run_s: float) -> Phase:
+        from jaccli.render import duration
+
+        why = (
+            f"not repeated: one run took {duration(per_run_s)}, and timing more would add over "
+            f"{ONE_SHOT_SHARE:.0%} to this one-shot command; --repeat N times it"
+        )
+        phase = Phase(name, [], is_series=True, skipped=why)
+        self.phases.append(phase)
+        self.footer.setdefault("not_repeated", []).append(f"{name}: {why}")
         return phase
 
     def _runs(
@@ -125,6 +149,8 @@ class Timings:
             entry: dict[str, Any] = {"phase": p.name, "runs": len(p.times)}
             if p.is_series:
                 entry.update(p.stats() or {})
+                if p.skipped:
+                    entry["skipped"] = p.skipped
             else:
                 entry["seconds"] = p.times[0]
             phases.append(entry)

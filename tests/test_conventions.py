@@ -80,6 +80,7 @@ JSON_COMMANDS = {
     "run": ["run", str(ROOT / "configs" / "rosenbrock-hessian.yaml")],
     "info": ["info"],
     "sparsity": ["sparsity", f"{QUICK}:f", "-p", f"{EXAMPLES}/x.npy"],
+    "serve": ["serve", "status"],
 }
 
 
@@ -91,7 +92,7 @@ def test_every_command_is_listed_for_json():
 
 @pytest.mark.parametrize("command", sorted(JSON_COMMANDS))
 def test_format_json_is_one_document(command, workdir):
-    extra = [] if command == "info" else ["--repeat", "0"]
+    extra = [] if command in ("info", "serve") else ["--repeat", "0"]
     run = jac(*JSON_COMMANDS[command], "--format", "json", *extra)
     assert run.code == 0, run
     doc = json.loads(run.stdout)  # the whole of stdout parses as one JSON document
