@@ -409,9 +409,11 @@ def run(ctx: click.Context, config: str, flags: tuple[str, ...]) -> Any:
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     """Run the CLI; every error ends here as one line on stderr and the contract's exit code."""
     from jaccli.errors import ExitCode, JacError
+    from jaccli.streams import ReaderGone
 
     Flags.debug = False
     code: int = ExitCode.OK
+    reader_gone = False
     previous = _on_sigterm()
     try:
         result = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
@@ -429,15 +431,17 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     except JacError as exc:
         _fail(f"{prog_name}: error: {exc}")
         code = exc.exit_code
-    except BrokenPipeError:  # the reader of our output went away (| head): end quietly, as cat does
-        _quiet_stdout()
-        code = 141
+    except (BrokenPipeError, ReaderGone):  # the reader of our output went away (| head): end as cat does
+        code = ReaderGone.exit_code
+        reader_gone = True
     except (KeyboardInterrupt, click.Abort):
         _fail(f"{prog_name}: interrupted (SIGINT); nothing was written")
         code = 130
     except Terminated:
         _fail(f"{prog_name}: terminated (SIGTERM); nothing was written")
         code = 143
+    except SystemExit:
+        raise
     except Exception as exc:
         from jaccli.errors import describe
 
@@ -446,19 +450,21 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
             "--debug for the traceback and report it"
         )
         code = ExitCode.INTERNAL
+    except BaseException as exc:  # GeneratorExit or another BaseException from the user's code
+        from jaccli.errors import describe, excerpt
+
+        _fail(
+            f"{prog_name}: error: the function raised {excerpt(describe(exc))}, a BaseException "
+            "that is not an Exception; raise an Exception subclass instead"
+        )
+        code = ExitCode.FUNCTION
     finally:
         _restore_sigterm(previous)
+    if reader_gone:
+        from jaccli.streams import end_by_sigpipe
+
+        code = end_by_sigpipe()  # dies by SIGPIPE when this is the process's own standard output
     sys.exit(int(code))
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    import os
-
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 class Terminated(BaseException):
@@ -493,4 +499,6 @@ def _fail(line: str) -> None:
         import traceback
 
         traceback.print_exc()
-    click.echo(line, err=True)
+    from jaccli.errors import one_line
+
+    click.echo(one_line(line), err=True)  # a user value quoted in a message never floods stderr

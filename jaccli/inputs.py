@@ -21,7 +21,7 @@ from typing import IO, Any, BinaryIO, Union
 import numpy as np
 
 from jaccli import safeyaml
-from jaccli.errors import InputError, human_size
+from jaccli.errors import InputError, human_size, quoted
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _INT_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64")
@@ -369,7 +369,7 @@ def _one_value(obj: Any, origin: str, name: str | None) -> Array:
     if isinstance(obj, dict):
         unknown = sorted(set(map(str, obj)) - {"data", "dtype", "shape"})
         if "data" not in obj or unknown:
-            what = f"unknown key {unknown[0]!r}" if unknown else "no 'data' key"
+            what = f"unknown key {quoted(unknown[0])}" if unknown else "no 'data' key"
             raise InputError(f"{origin}: {what}; an array is written {{data: ..., dtype: float64}}")
         dtype = obj.get("dtype")
         if isinstance(dtype, str) and dtype.startswith("complex"):
@@ -378,7 +378,7 @@ def _one_value(obj: Any, origin: str, name: str | None) -> Array:
                 f"{', '.join(FLOAT_DTYPES)}"
             )
         if dtype is not None and dtype not in FLOAT_DTYPES + _INT_DTYPES:
-            raise InputError(f"{origin}: unknown dtype {dtype!r}; use one of {', '.join(FLOAT_DTYPES)}")
+            raise InputError(f"{origin}: unknown dtype {quoted(dtype)}; use one of {', '.join(FLOAT_DTYPES)}")
         data = _nested_to_array(obj["data"], origin)
         shape = obj.get("shape")
         if shape is not None:
@@ -437,7 +437,7 @@ def _number(obj: Any, origin: str, path: list[int]) -> Any:
             return float(obj)  # YAML 1.1 reads 1e-3 and .nan spellings like 'nan' as strings
         except ValueError:
             pass
-    kind = "a mapping" if isinstance(obj, dict) else "null" if obj is None else repr(obj)
+    kind = "a mapping" if isinstance(obj, dict) else "null" if obj is None else quoted(obj)
     raise InputError(f"{origin}: {kind} at {_where(path)} is not a number")
 
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from jaccli.errors import FunctionError, InputError, describe, kind_of
+from jaccli.errors import FunctionError, InputError, describe, kind_of, quoted
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,18 @@ def parse_spec(text: str) -> FuncSpec:
     hint = "write MODULE:NAME or path/to/file.py:NAME, e.g. mymod:f"
     target, sep, attr = text.rpartition(":")
     if not sep or not target or not attr:
-        raise InputError(f"FUNC {text!r} has no ':NAME'; {hint}")
+        raise InputError(f"FUNC {quoted(text)} has no ':NAME'; {hint}")
     call = attr.endswith("()")
     if call:
         attr = attr[:-2]
     attrs = tuple(attr.split("."))
     if not all(part.isidentifier() for part in attrs):
-        raise InputError(f"FUNC {text!r}: {attr!r} is not a (dotted) Python name; {hint}")
+        raise InputError(f"FUNC {quoted(text)}: {attr!r} is not a (dotted) Python name; {hint}")
     if "(" in attr or ")" in attr:
-        raise InputError(f"FUNC {text!r}: only a zero-argument factory call 'NAME()' is allowed")
+        raise InputError(f"FUNC {quoted(text)}: only a zero-argument factory call 'NAME()' is allowed")
     spec = FuncSpec(target, attrs, call)
     if not spec.is_path and not all(part.isidentifier() for part in target.split(".")):
-        raise InputError(f"FUNC {text!r}: {target!r} is neither a module name nor a .py path; {hint}")
+        raise InputError(f"FUNC {quoted(text)}: {target!r} is neither a module name nor a .py path; {hint}")
     return spec
 
 
@@ -148,13 +148,13 @@ def parse_kwarg(text: str) -> tuple[str, Any]:
     name, sep, value = text.partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():
-        raise InputError(f"--kwarg {text!r}: write NAME=VALUE, e.g. --kwarg scale=4.0")
+        raise InputError(f"--kwarg {quoted(text)}: write NAME=VALUE, e.g. --kwarg scale=4.0")
     import yaml
 
     try:
         return name, yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as exc:
-        raise InputError(f"--kwarg {name}: {value!r} is not valid YAML") from exc
+        raise InputError(f"--kwarg {name}: {quoted(value)} is not valid YAML") from exc
 
 
 def check_call(func: Callable[..., Any], n_args: int, kwargs: dict[str, Any], spec: str) -> None:

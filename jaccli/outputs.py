@@ -18,6 +18,7 @@ import tempfile
 from typing import IO, Any, Callable
 
 from jaccli.errors import InputError
+from jaccli.streams import write_all
 
 FORMATS = ("text", "json", "yaml", "npz", "npy")
 BINARY_FORMATS = ("npz", "npy")
@@ -158,9 +159,6 @@ def write_stream(stream: IO[bytes], fmt: str, results: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     try:
         encode(buffer, fmt, results)
-        stream.write(buffer.getvalue())
-        stream.flush()
-    except BrokenPipeError:
-        raise  # the reader left (| head): the CLI ends quietly
+        write_all(stream, buffer.getvalue())  # every byte, or an error: never a silent short write
     except OSError as exc:
         raise InputError(f"cannot write to standard output: {exc.strerror or exc}") from exc

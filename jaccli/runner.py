@@ -24,6 +24,7 @@ from typing import IO, Any, BinaryIO, Callable, Union
 
 from jaccli import trees
 from jaccli.errors import InputError
+from jaccli.streams import UserStdout
 from jaccli.timing import Timings
 
 TIMINGS_FORMATS = ("json", "yaml")
@@ -124,7 +125,7 @@ def run(request: Request, stdout: BinaryIO | None = None) -> Outcome:
             "jacobian written with -o J.npy"
         )
     # The user's code may print: keep standard output for results alone.
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(UserStdout(sys.stderr)):
         return _run(request)
 
 
@@ -659,7 +660,7 @@ def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
     if request.batch_dim is not None:
         raise InputError("jac check does not take --batch-dim; check one sample")
     request = replace(request, dtype=request.dtype or "float64")
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(UserStdout(sys.stderr)):
         return _check(request)
 
 
@@ -702,6 +703,7 @@ def _check(request: Request) -> CheckOutcome:
 def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str]) -> None:
     from jaccli import outputs
     from jaccli.render import render_checks
+    from jaccli.streams import write_text
 
     fmt = output_format(request)
     doc = outcome.report.as_dict()
@@ -711,8 +713,7 @@ def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str])
         elif fmt == "text":
             render_checks(text_stdout, outcome.report)
         else:
-            text_stdout.write(outputs.dump_document(doc, fmt))
-            text_stdout.flush()
+            write_text(text_stdout, outputs.dump_document(doc, fmt))
     _write_timings(outcome.timings, request)
 
 
