@@ -133,7 +133,9 @@ def _top_level(key: str, value: Any, param: click.Parameter, ctx: click.Context,
 def _source(folder: str, item: Any, where: str) -> str:
     """One input source as the command line would write it, a relative path made the config's."""
     if isinstance(item, bool) or item is None:
-        raise InputError(f"{where}: {quoted(item)} is not an input source; give a file, a literal or a generator")
+        raise InputError(
+            f"{where}: {quoted(item)} is not an input source; give a file, a literal or a generator"
+        )
     if isinstance(item, (int, float)):
         return repr(item)
     if isinstance(item, (list, dict)):

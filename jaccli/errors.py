@@ -59,7 +59,7 @@ def excerpt(text: str, limit: int = 60) -> str:
 
 
 def quoted(value: object, limit: int = 60) -> str:
-    """``repr(value)``, or for a long value a short excerpt of it: ``'hello...world' (3,000,000 characters)``."""
+    """``repr(value)``, or for a long value an excerpt: ``'hello...world' (3,000,000 characters)``."""
     if isinstance(value, str) and len(value) > limit:
         return f"{excerpt(value, limit)!r} ({len(value):,} characters)"
     try:

@@ -113,6 +113,7 @@ def picture(matrix: Any, axes: Axes, colour: bool, width: int) -> list[Any]:
 
 def _heatmap(matrix: Any, axes: Axes, colour: bool) -> list[Any]:
     import numpy as np
+
     from jaccli.styled import Text
 
     scale = _largest(matrix)
@@ -126,6 +127,7 @@ def _heatmap(matrix: Any, axes: Axes, colour: bool) -> list[Any]:
 
 def _summary(matrix: Any, axes: Axes, colour: bool) -> list[Any]:
     import numpy as np
+
     from jaccli.styled import Text
 
     rows, cols = matrix.shape
