@@ -409,8 +409,10 @@ def run(ctx: click.Context, config: str, flags: tuple[str, ...]) -> Any:
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     """Run the CLI; every error ends here as one line on stderr and the contract's exit code."""
     from jaccli.errors import ExitCode, JacError
+    from jaccli import shadowing
     from jaccli.streams import ReaderGone
 
+    shadowing.install()  # before any lazy import: a yaml.py in the current folder is not jac's yaml
     Flags.debug = False
     code: int = ExitCode.OK
     reader_gone = False

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from jaccli import shadowing
 from jaccli.errors import FunctionError, InputError, describe, kind_of, quoted
 
 
@@ -58,6 +59,7 @@ def load_function(spec: str | FuncSpec) -> Callable[..., Any]:
     """Import the module FUNC names and return the callable (an ``nn.Module`` is called as is)."""
     if isinstance(spec, str):
         spec = parse_spec(spec)
+    shadowing.install()  # the user's yaml.py or numpy.py never stands in for jac's own imports
     module = _import_path(spec) if spec.is_path else _import_module(spec)
     obj: Any = module
     walked = spec.target
@@ -132,6 +134,7 @@ def _import_path(spec: FuncSpec):
         raise InputError(f"FUNC file {spec.target} cannot be imported; is it a .py file?")
     module = importlib.util.module_from_spec(module_spec)
     folder = os.path.dirname(path)
+    shadowing.add_user_folder(folder)
     if folder not in sys.path:
         sys.path.insert(0, folder)  # as 'python file.py' does: sibling modules import
     sys.modules[name] = module

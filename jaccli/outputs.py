@@ -51,6 +51,27 @@ def check_destination(path: str, option: str = "-o/--out") -> None:
         raise InputError(f"{option} {path} exists and is read-only; choose another path or make it writable")
 
 
+def check_distinct(paths: dict[str, str | None]) -> None:
+    """Two outputs of one command must not be one file (``-o r.json --timings r.json``, also
+    through ``./``, symbolic links or hard links): the second would overwrite the first."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    for option, path in paths.items():
+        if path is None or path == "-":
+            continue
+        keys = [("path", os.path.normcase(os.path.realpath(path)))]
+        try:
+            info = os.stat(path)
+            keys.append(("inode", info.st_dev, info.st_ino))
+        except OSError:
+            pass
+        for key in keys:
+            if key in seen:
+                other, other_path = seen[key]
+                same = f"{other} {other_path} and {option} {path}"
+                raise InputError(f"{same} are the same file; give each output its own path")
+            seen[key] = (option, path)
+
+
 def check_count(fmt: str, keys: list[str], where: str) -> None:
     """``.npy`` holds exactly one array."""
     if fmt == "npy" and len(keys) != 1:
