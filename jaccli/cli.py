@@ -408,8 +408,8 @@ def run(ctx: click.Context, config: str, flags: tuple[str, ...]) -> Any:
 
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     """Run the CLI; every error ends here as one line on stderr and the contract's exit code."""
-    from jaccli.errors import ExitCode, JacError
     from jaccli import shadowing
+    from jaccli.errors import ExitCode, JacError
     from jaccli.streams import ReaderGone
 
     shadowing.install()  # before any lazy import: a yaml.py in the current folder is not jac's yaml
@@ -461,6 +461,9 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
         )
         code = ExitCode.FUNCTION
     finally:
+        from jaccli import tempfiles
+
+        tempfiles.remove_pending()  # whatever ended the command, no temporary file stays behind
         _restore_sigterm(previous)
     if reader_gone:
         from jaccli.streams import end_by_sigpipe

@@ -14,7 +14,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import IO, Any, Callable
 
 from jaccli.errors import InputError
@@ -83,9 +82,10 @@ def check_count(fmt: str, keys: list[str], where: str) -> None:
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Write through ``write(fileobj)`` into a temporary file, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
+    from jaccli import tempfiles
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfiles.create(path)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed") from exc
     try:
@@ -95,10 +95,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(fh.fileno())
         replace_into(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tempfiles.discard(tmp)
         if isinstance(exc, OSError):
             raise InputError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed") from exc
         raise
@@ -106,8 +103,10 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
 
 def replace_into(tmp: str, path: str) -> None:
     """Rename a finished temporary file over ``path``, keeping an existing file's permissions."""
+    from jaccli import tempfiles
+
     os.chmod(tmp, _mode_for(path))
-    os.replace(tmp, path)
+    tempfiles.replaced(tmp, path)
 
 
 def _mode_for(path: str) -> int:

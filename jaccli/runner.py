@@ -106,7 +106,9 @@ def check_request(request: Request, stdout: BinaryIO | None = None) -> None:
     if request.timings_path is not None:
         outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
         outputs.check_destination(request.timings_path, "--timings")
-    outputs.check_distinct({"-o/--out": request.out, "--timings": request.timings_path, "--plot": request.plot})
+    outputs.check_distinct(
+        {"-o/--out": request.out, "--timings": request.timings_path, "--plot": request.plot}
+    )
     if request.chunk_size is not None and request.chunk_size < 1:
         raise InputError(f"--chunk-size {request.chunk_size}: must be 1 or more")
     if request.plot is not None:
