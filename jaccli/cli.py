@@ -41,11 +41,16 @@ def cli() -> None:
     """Derivatives of your own Python function, with torch.func.
 
     \b
-    jac jvp    FUNC -p X -t V   f(x) and the Jacobian-vector product J.v
-    jac vjp    FUNC -p X -u U   f(x) and the vector-Jacobian product u^T.J, per primal
-    jac jacfwd FUNC -p X        the Jacobian, forward mode
-    jac jacrev FUNC -p X        the Jacobian, reverse mode
-    jac run    CONFIG           the command a YAML config names, with its inputs and options
+    jac jvp      FUNC -p X -t V  f(x) and the Jacobian-vector product J.v
+    jac vjp      FUNC -p X -u U  f(x) and the vector-Jacobian product u^T.J, per primal
+    jac jacfwd   FUNC -p X       the Jacobian, forward mode
+    jac jacrev   FUNC -p X       the Jacobian, reverse mode
+    jac jacobian FUNC -p X       the Jacobian, forward or reverse mode, chosen by the sizes
+    jac hessian  FUNC -p X       the Hessian of a one-element output
+    jac hvp      FUNC -p X -t V  f(x), its gradient and the Hessian-vector product H.v
+    jac check    FUNC -p X       are the derivatives right? forward vs reverse vs finite differences
+    jac info                     versions of Python, torch and numpy, and the devices jac can use
+    jac run      CONFIG          the command a YAML config names, with its inputs and options
 
     FUNC is module:name, path/to/file.py:name, module:Obj.attr or module:factory().
     Results go to stdout (or -o FILE); the timing table goes to stderr.
@@ -108,7 +113,9 @@ def _execute(command: str, options: dict[str, Any]) -> None:
             size = math.prod(streamed.shape)
             sys.stderr.write(non_finite_line(streamed.key, *streamed.non_finite, size))
     if request.out not in (None, "-"):
-        click.echo(f"wrote {len(keys)} result(s) ({', '.join(keys)}) to {request.out}", err=True)
+        from jaccli.render import wrote_line
+
+        click.echo(wrote_line(keys, request.out), err=True)
     if not options["no_timings"]:
         render_timings(sys.stderr, outcome.timings)
 

@@ -98,6 +98,15 @@ def _result_lines(
     return lines
 
 
+def wrote_line(keys: list[str], path: str, most: int = 8) -> str:
+    """``wrote 3 result(s) (output, jvp, aux) to out.npz``; many keys are summarised."""
+    if len(keys) <= most:
+        shown = ", ".join(keys)
+    else:
+        shown = f"{', '.join(keys[: most - 2])}, ..., {keys[-1]}"
+    return f"wrote {len(keys)} result(s) ({shown}) to {path}"
+
+
 def render_timings(stream: IO[str], timings: Timings) -> None:
     """The timing table, in plain text: formatted by hand rather than by rich, whose import
     costs more than a one-shot run's derivative (benchmarks/run.py oneshot)."""
