@@ -142,8 +142,31 @@ def _import_path(spec: FuncSpec):
         module_spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:
         sys.modules.pop(name, None)
+        if isinstance(exc, ImportError) and "relative import" in str(exc):
+            raise InputError(_relative_import_hint(spec, path, exc)) from exc
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
     return module
+
+
+def _relative_import_hint(spec: FuncSpec, path: str, exc: BaseException) -> str:
+    """A file inside a package that imports relatively (``from . import x``) must be imported
+    as a module of its package: name it ``pkg.sub:fn``, from the folder above the package."""
+    parts = [os.path.splitext(os.path.basename(path))[0]]
+    folder = os.path.dirname(path)
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        parts.insert(0, os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    attrs = ".".join(spec.attrs) + ("()" if spec.call_factory else "")
+    if len(parts) == 1:
+        return (
+            f"importing {spec.target} raised {describe(exc)}: it uses relative imports but its "
+            "folder is no package; add an __init__.py there and name it pkg.module:NAME"
+        )
+    where = os.path.relpath(folder) if folder != os.getcwd() else "."
+    return (
+        f"{spec.target} uses relative imports, so it must be imported as part of its package: "
+        f"use {'.'.join(parts)}:{attrs} (run from {where})"
+    )
 
 
 def parse_kwarg(text: str) -> tuple[str, Any]:
