@@ -282,7 +282,11 @@ def _run(request: Request) -> Outcome:
     if choice:
         timings.footer["choice"] = choice
     if mode_note is None and command == "jacobian":  # --mode auto, decided by the trial
-        name = _MODE_NAMES[router.chosen[0].command]
+        if getattr(router, "chosen", None) is not None:
+            name = _MODE_NAMES[router.chosen[0].command]
+        else:  # chunked (streaming.Chunked): the blocks' chunk routes say
+            modes = {b.route.mode for b in router.blocks.values() if b.route is not None}
+            name = " and ".join(sorted({"fwd": "forward", "rev": "reverse"}[m] for m in modes)) or "?"
         why = "the faster route timed on the first call" if choice else "the only mode that works here"
         mode_note = f"mode: {name} (--mode auto, {why})"
     timings.notes.extend(router.fallbacks)
