@@ -35,7 +35,19 @@ from jaccli.params import (
 EPILOG_TAIL = "Exit codes: 0 success, 2 usage or input error, 3 the function or its derivative raised."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """click ends a broken pipe with status 1 ("check failed" in jac); jac ends it as cat does."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:  # standard output or standard error: the reader left
+            from jaccli.streams import ReaderGone
+
+            raise ReaderGone() from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="jac", message="%(prog)s %(version)s")
 def cli() -> None:
     """Derivatives of your own Python function, with torch.func.
