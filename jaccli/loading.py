@@ -108,8 +108,9 @@ def _import_module(spec: FuncSpec):
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)  # as 'python -m' does
+    shadowing.allow(spec.target.split(".")[0])  # the user's own code.py, test.py: as python -m finds it
     try:
-        return importlib.import_module(spec.target)
+        module = importlib.import_module(spec.target)
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")
         if spec.target.split(".")[: len(missing)] == missing:  # the named module, not a dependency
@@ -121,6 +122,20 @@ def _import_module(spec: FuncSpec):
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
     except (Exception, SystemExit) as exc:
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
+    _check_not_taken(spec, module, cwd)
+    return module
+
+
+def _check_not_taken(spec: FuncSpec, module: Any, cwd: str) -> None:
+    """``calendar:f`` with a calendar.py here, when the standard library's calendar (or another
+    installed module of that name) was imported first: say so rather than 'has no attribute f'."""
+    local = os.path.join(cwd, *spec.target.split(".")) + ".py"
+    where = getattr(module, "__file__", None)
+    if os.path.isfile(local) and where and os.path.abspath(where) != os.path.abspath(local):
+        raise InputError(
+            f"{spec.target} names the installed module {where}, imported before yours; give your file "
+            f"as a path: {os.path.relpath(local)}:{'.'.join(spec.attrs)}{'()' if spec.call_factory else ''}"
+        )
 
 
 def _import_path(spec: FuncSpec):

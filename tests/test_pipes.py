@@ -221,6 +221,14 @@ def test_the_users_own_sibling_modules_still_import(workdir):
     assert run.npz()["jvp"].tolist() == [2.0]
 
 
+def test_a_module_named_like_one_already_imported_is_named_as_such(workdir):
+    (workdir / "calendar.py").write_text("def f(x):\n    return 5 * x\n")
+    assert_clean_error(jac("jvp", "calendar:f", "-p", "1.0"), 2, "installed module", "calendar.py:f")
+    run = jac("jvp", "calendar.py:f", "-p", "1.0", "--format", "npz")
+    assert run.code == 0, run
+    assert run.npz()["jvp"] == 5.0
+
+
 def test_readme_says_python_m_jaccli_runs_a_jaccli_py_in_the_cwd():
     readme = (ROOT / "README.md").read_text()
     near = readme[readme.index("jaclang installs one") :][:600]
