@@ -59,10 +59,29 @@ def _fast_loader():
     return _with_floats(FastLoader)
 
 
+FAST_MAX_DEPTH = 1000  # libyaml composes nodes by recursion in C: ~100,000 levels overflow its stack
+
+
+def shallow(text: str, limit: int = FAST_MAX_DEPTH) -> bool:
+    """Whether a YAML text is surely nested less than ``limit`` deep, without parsing it: its
+    brackets (quoted ones too) nest less than half of it, and no line starts with half of it
+    in indentation and '-'/'?' indicators (each block level takes at least one such character)."""
+    import re
+    from itertools import accumulate
+
+    half = limit // 2
+    if text.count("[") + text.count("{") >= half:
+        brackets = re.sub(r"[^\[\]{}]+", "", text)
+        if max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0) >= half:
+            return False
+    return re.search(rf"(?m)^[ \t?-]{{{half},}}", text) is None
+
+
 def _loader_for(text: str):
-    """The C loader when the text cannot hold an alias (no '*' anywhere), else the pure-Python
-    one that refuses aliases: libyaml composes aliases in C, where they cannot be refused."""
-    if "*" not in text:
+    """The C loader when the text cannot hold an alias (no '*' anywhere) and is not nested
+    deeply enough to overflow C's stack; else the pure-Python one, which refuses aliases
+    (libyaml composes them in C, where they cannot be refused) and deep nesting (RecursionError)."""
+    if "*" not in text and shallow(text):
         fast = _fast_loader()
         if fast is not None:
             return fast

@@ -313,6 +313,13 @@ def test_yaml_numbers_booleans_and_quoted_numbers(mod):
     np.testing.assert_allclose(bools.npz()["output"], [2 * np.sin(1.0), 0.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000 + "1" + "]" * 100_000, "- " * 50_000 + "1", "{a: " * 60_000])
+def test_deep_yaml_never_reaches_the_c_parser(mod, text):
+    """libyaml composes by recursion in C: 100,000 levels would overflow the stack (a crash)."""
+    (mod / "deep.yaml").write_text(text)
+    assert_clean_error(jac("jacrev", "pipemod:f", "-p", "deep.yaml"), 2, "deep.yaml")
+
+
 def test_yaml_aliases_are_still_refused_with_the_fast_loader(mod):
     assert_clean_error(jac("jacrev", "pipemod:f", "-p", "{a: &x [1, 2], b: *x}"), 2, "aliases are refused")
 
