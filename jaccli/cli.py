@@ -36,18 +36,37 @@ from jaccli.sparse.options import sparse_option_group
 EPILOG_TAIL = "Exit codes: 0 success, 2 usage or input error, 3 the function or its derivative raised."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """click ends a broken pipe with status 1 ("check failed" in jac); jac ends it as cat does."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:  # standard output or standard error: the reader left
+            from jaccli.streams import ReaderGone
+
+            raise ReaderGone() from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="jac", message="%(prog)s %(version)s")
 def cli() -> None:
     """Derivatives of your own Python function, with torch.func.
 
     \b
-    jac jvp    FUNC -p X -t V   f(x) and the Jacobian-vector product J.v
-    jac vjp    FUNC -p X -u U   f(x) and the vector-Jacobian product u^T.J, per primal
-    jac jacfwd FUNC -p X        the Jacobian, forward mode
-    jac jacrev FUNC -p X        the Jacobian, reverse mode
-    jac spectrum FUNC -p X      singular values (or eigenvalues) of J, from products alone
-    jac run    CONFIG           the command a YAML config names, with its inputs and options
+    jac jvp      FUNC -p X -t V  f(x) and the Jacobian-vector product J.v
+    jac vjp      FUNC -p X -u U  f(x) and the vector-Jacobian product u^T.J, per primal
+    jac jacfwd   FUNC -p X       the Jacobian, forward mode
+    jac jacrev   FUNC -p X       the Jacobian, reverse mode
+    jac jacobian FUNC -p X       the Jacobian, forward or reverse mode, chosen by the sizes
+    jac hessian  FUNC -p X       the Hessian of a one-element output
+    jac hvp      FUNC -p X -t V  f(x), its gradient and the Hessian-vector product H.v
+    jac check    FUNC -p X       are the derivatives right? forward vs reverse vs finite differences
+    jac spectrum FUNC -p X       singular values (or eigenvalues) of J, from products alone
+    jac sparsity FUNC -p X       the sparsity pattern of J (and its colouring), for --sparsity
+    jac info                     versions of Python, torch and numpy, and the devices jac can use
+    jac run      CONFIG          the command a YAML config names, with its inputs and options
+    jac serve    [start|stop|status]  a warm server that makes every later call fast
 
     FUNC is module:name, path/to/file.py:name, module:Obj.attr or module:factory().
     Results go to stdout (or -o FILE); the timing table goes to stderr.
@@ -110,7 +129,9 @@ def _execute(command: str, options: dict[str, Any]) -> None:
             size = math.prod(streamed.shape)
             sys.stderr.write(non_finite_line(streamed.key, *streamed.non_finite, size))
     if request.out not in (None, "-"):
-        click.echo(f"wrote {len(keys)} result(s) ({', '.join(keys)}) to {request.out}", err=True)
+        from jaccli.render import wrote_line
+
+        click.echo(wrote_line(keys, request.out), err=True)
     if not options["no_timings"]:
         render_timings(sys.stderr, outcome.timings)
 
@@ -570,10 +591,14 @@ cli.add_command(serve)
 
 def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     """Run the CLI; every error ends here as one line on stderr and the contract's exit code."""
+    from jaccli import shadowing
     from jaccli.errors import ExitCode, JacError
+    from jaccli.streams import ReaderGone
 
+    shadowing.install()  # before any lazy import: a yaml.py in the current folder is not jac's yaml
     Flags.debug = False
     code: int = ExitCode.OK
+    reader_gone = False
     previous = _on_sigterm()
     try:
         result = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
@@ -591,15 +616,17 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
     except JacError as exc:
         _fail(f"{prog_name}: error: {exc}")
         code = exc.exit_code
-    except BrokenPipeError:  # the reader of our output went away (| head): end quietly, as cat does
-        _quiet_stdout()
-        code = 141
+    except (BrokenPipeError, ReaderGone):  # the reader of our output went away (| head): end as cat does
+        code = ReaderGone.exit_code
+        reader_gone = True
     except (KeyboardInterrupt, click.Abort):
         _fail(f"{prog_name}: interrupted (SIGINT); nothing was written")
         code = 130
     except Terminated:
         _fail(f"{prog_name}: terminated (SIGTERM); nothing was written")
         code = 143
+    except SystemExit:
+        raise
     except Exception as exc:
         from jaccli.errors import describe
 
@@ -608,19 +635,24 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
             "--debug for the traceback and report it"
         )
         code = ExitCode.INTERNAL
+    except BaseException as exc:  # GeneratorExit or another BaseException from the user's code
+        from jaccli.errors import describe, excerpt
+
+        _fail(
+            f"{prog_name}: error: the function raised {excerpt(describe(exc))}, a BaseException "
+            "that is not an Exception; raise an Exception subclass instead"
+        )
+        code = ExitCode.FUNCTION
     finally:
+        from jaccli import tempfiles
+
+        tempfiles.remove_pending()  # whatever ended the command, no temporary file stays behind
         _restore_sigterm(previous)
+    if reader_gone:
+        from jaccli.streams import end_by_sigpipe
+
+        code = end_by_sigpipe()  # dies by SIGPIPE when this is the process's own standard output
     sys.exit(int(code))
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    import os
-
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 class Terminated(BaseException):
@@ -655,4 +687,6 @@ def _fail(line: str) -> None:
         import traceback
 
         traceback.print_exc()
-    click.echo(line, err=True)
+    from jaccli.errors import one_line
+
+    click.echo(one_line(line), err=True)  # a user value quoted in a message never floods stderr

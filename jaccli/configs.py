@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from jaccli.errors import InputError
+from jaccli.errors import InputError, quoted
 
 KEYS = ("command", "function", "primals", "tangents", "cotangents", "kwargs", "out", "options")
 # Top-level keys and the click parameter each one fills.
@@ -133,13 +133,15 @@ def _top_level(key: str, value: Any, param: click.Parameter, ctx: click.Context,
 def _source(folder: str, item: Any, where: str) -> str:
     """One input source as the command line would write it, a relative path made the config's."""
     if isinstance(item, bool) or item is None:
-        raise InputError(f"{where}: {item!r} is not an input source; give a file, a literal or a generator")
+        raise InputError(
+            f"{where}: {quoted(item)} is not an input source; give a file, a literal or a generator"
+        )
     if isinstance(item, (int, float)):
         return repr(item)
     if isinstance(item, (list, dict)):
         return json.dumps(item)  # an inline literal, read as YAML
     if not isinstance(item, str):
-        raise InputError(f"{where}: {item!r} is not an input source")
+        raise InputError(f"{where}: {quoted(item)} is not an input source")
     candidate = os.path.join(folder, item)
     if item != "-" and (item.lower().endswith(_DATA_SUFFIXES) or os.path.exists(candidate)):
         return _resolve(folder, item)

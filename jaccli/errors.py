@@ -36,8 +36,46 @@ class FunctionError(JacError):
 
 def describe(exc: BaseException) -> str:
     """``TypeName: first line of the message``, for one-line reports of someone else's exception."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:  # noqa: BLE001 - a user's exception whose __str__ raises
+        lines = []
+    return f"{type(exc).__name__}: {excerpt(lines[0], 300)}" if lines else type(exc).__name__
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``text`` with control characters escaped, cut in the middle to about ``limit`` characters:
+    messages quote user values (a YAML string, a FUNC, an exception's text) in one short line."""
+    if len(text) > 4 * limit:
+        text = text[: 2 * limit] + text[-2 * limit :]  # escaping below costs no more than this
+        cut = True
+    else:
+        cut = False
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if cut or len(shown) > limit:
+        head, tail = shown[: limit * 2 // 3], shown[-(limit // 3) :]
+        return f"{head}...{tail}"
+    return shown
+
+
+def quoted(value: object, limit: int = 60) -> str:
+    """``repr(value)``, or for a long value an excerpt: ``'hello...world' (3,000,000 characters)``."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{excerpt(value, limit)!r} ({len(value):,} characters)"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = object.__repr__(value)
+    return excerpt(text, limit)
+
+
+MAX_LINE = 1000  # the longest error line main prints (a safety net behind excerpt/quoted)
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """An error message as one line of at most about ``limit`` characters, escaped."""
+    text = " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+    return excerpt(text, limit) if len(text) > limit or not text.isprintable() else text
 
 
 def kind_of(obj: object) -> str:

@@ -21,7 +21,7 @@ from typing import IO, Any, BinaryIO, Union
 import numpy as np
 
 from jaccli import safeyaml
-from jaccli.errors import InputError, human_size
+from jaccli.errors import InputError, describe, excerpt, human_size, quoted
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _INT_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64")
@@ -234,8 +234,11 @@ def _read_array(fh: IO[bytes], size: int, origin: str) -> np.ndarray:
             shape, fortran, dtype = fmt.read_array_header_2_0(fh)
         else:
             raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise InputError(f"{origin} has a malformed .npy header ({exc}); is it the right file?") from exc
+    except Exception as exc:  # noqa: BLE001 - numpy parses the header with ast and tokenize: any
+        # of their errors (ValueError, SyntaxError, tokenize.TokenError, ...) means a malformed file
+        raise InputError(
+            f"{origin} has a malformed .npy header ({excerpt(describe(exc), 120)}); is it the right file?"
+        ) from exc
     if dtype.hasobject:
         raise InputError(
             f"{origin} holds Python objects (dtype object), which jac never unpickles; save a numeric array"
@@ -333,8 +336,24 @@ def _check_text_size(text: str, origin: str) -> None:
         )
 
 
+MAX_YAML_BYTES = 4 * 2**20  # YAML parses at about 1 s per MiB even with libyaml: fail fast beyond
+
+
 def _from_yaml_text(text: str, origin: str) -> list[Array]:
     _check_text_size(text, origin)
+    if text.lstrip()[:1] in ("[", "{"):
+        try:  # JSON is YAML (flow style): parsed at C speed, with the same values
+            obj = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            pass
+        else:
+            return _from_document(obj, origin)
+    if len(text) > MAX_YAML_BYTES:
+        raise InputError(
+            f"{origin} is {human_size(len(text))} of YAML, more than jac parses as YAML "
+            f"({human_size(MAX_YAML_BYTES)}: it parses slowly); save large arrays as .npy or .npz, "
+            "or as JSON (which has no such limit)"
+        )
     return _from_document(safeyaml.load(text, origin), origin)
 
 
@@ -369,7 +388,7 @@ def _one_value(obj: Any, origin: str, name: str | None) -> Array:
     if isinstance(obj, dict):
         unknown = sorted(set(map(str, obj)) - {"data", "dtype", "shape"})
         if "data" not in obj or unknown:
-            what = f"unknown key {unknown[0]!r}" if unknown else "no 'data' key"
+            what = f"unknown key {quoted(unknown[0])}" if unknown else "no 'data' key"
             raise InputError(f"{origin}: {what}; an array is written {{data: ..., dtype: float64}}")
         dtype = obj.get("dtype")
         if isinstance(dtype, str) and dtype.startswith("complex"):
@@ -378,7 +397,7 @@ def _one_value(obj: Any, origin: str, name: str | None) -> Array:
                 f"{', '.join(FLOAT_DTYPES)}"
             )
         if dtype is not None and dtype not in FLOAT_DTYPES + _INT_DTYPES:
-            raise InputError(f"{origin}: unknown dtype {dtype!r}; use one of {', '.join(FLOAT_DTYPES)}")
+            raise InputError(f"{origin}: unknown dtype {quoted(dtype)}; use one of {', '.join(FLOAT_DTYPES)}")
         data = _nested_to_array(obj["data"], origin)
         shape = obj.get("shape")
         if shape is not None:
@@ -396,7 +415,14 @@ def _nested_to_array(obj: Any, origin: str) -> np.ndarray:
     shape: list[int] = []
     flat: list[Any] = []
     _walk(obj, 0, shape, flat, origin, [])
-    if all(isinstance(v, bool) for v in flat) and flat:
+    bools = [isinstance(v, bool) for v in flat]
+    if any(bools) and not all(bools):
+        where = _where([int(i) for i in np.unravel_index(bools.index(True), shape)])
+        raise InputError(
+            f"{origin}: {str(flat[bools.index(True)]).lower()} at {where} in an array of numbers; "
+            "write 1 or 0 (only an array of true and false alone is read as booleans)"
+        )
+    if all(bools) and flat:
         dtype = np.bool_
     elif all(isinstance(v, int) for v in flat) and flat:
         dtype = np.int64
@@ -434,10 +460,17 @@ def _number(obj: Any, origin: str, path: list[int]) -> Any:
         return obj
     if isinstance(obj, str):
         try:
-            return float(obj)  # YAML 1.1 reads 1e-3 and .nan spellings like 'nan' as strings
+            value = float(obj)
         except ValueError:
-            pass
-    kind = "a mapping" if isinstance(obj, dict) else "null" if obj is None else repr(obj)
+            value = None
+        if value is not None and not math.isfinite(value):
+            return value  # "NaN", "Infinity": how JSON (jac's own output too) writes them
+        if value is not None:
+            raise InputError(
+                f"{origin}: the quoted string {quoted(obj)} at {_where(path)} is not a number; write "
+                "numbers without quotes (only NaN, Infinity and -Infinity may be quoted)"
+            )
+    kind = "a mapping" if isinstance(obj, dict) else "null" if obj is None else quoted(obj)
     raise InputError(f"{origin}: {kind} at {_where(path)} is not a number")
 
 

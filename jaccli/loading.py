@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from jaccli.errors import FunctionError, InputError, describe, kind_of
+from jaccli import shadowing
+from jaccli.errors import FunctionError, InputError, describe, kind_of, quoted
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,18 @@ def parse_spec(text: str) -> FuncSpec:
     hint = "write MODULE:NAME or path/to/file.py:NAME, e.g. mymod:f"
     target, sep, attr = text.rpartition(":")
     if not sep or not target or not attr:
-        raise InputError(f"FUNC {text!r} has no ':NAME'; {hint}")
+        raise InputError(f"FUNC {quoted(text)} has no ':NAME'; {hint}")
     call = attr.endswith("()")
     if call:
         attr = attr[:-2]
     attrs = tuple(attr.split("."))
     if not all(part.isidentifier() for part in attrs):
-        raise InputError(f"FUNC {text!r}: {attr!r} is not a (dotted) Python name; {hint}")
+        raise InputError(f"FUNC {quoted(text)}: {attr!r} is not a (dotted) Python name; {hint}")
     if "(" in attr or ")" in attr:
-        raise InputError(f"FUNC {text!r}: only a zero-argument factory call 'NAME()' is allowed")
+        raise InputError(f"FUNC {quoted(text)}: only a zero-argument factory call 'NAME()' is allowed")
     spec = FuncSpec(target, attrs, call)
     if not spec.is_path and not all(part.isidentifier() for part in target.split(".")):
-        raise InputError(f"FUNC {text!r}: {target!r} is neither a module name nor a .py path; {hint}")
+        raise InputError(f"FUNC {quoted(text)}: {target!r} is neither a module name nor a .py path; {hint}")
     return spec
 
 
@@ -58,6 +59,7 @@ def load_function(spec: str | FuncSpec) -> Callable[..., Any]:
     """Import the module FUNC names and return the callable (an ``nn.Module`` is called as is)."""
     if isinstance(spec, str):
         spec = parse_spec(spec)
+    shadowing.install()  # the user's yaml.py or numpy.py never stands in for jac's own imports
     module = _import_path(spec) if spec.is_path else _import_module(spec)
     obj: Any = module
     walked = spec.target
@@ -106,8 +108,9 @@ def _import_module(spec: FuncSpec):
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)  # as 'python -m' does
+    shadowing.allow(spec.target.split(".")[0])  # the user's own code.py, test.py: as python -m finds it
     try:
-        return importlib.import_module(spec.target)
+        module = importlib.import_module(spec.target)
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")
         if spec.target.split(".")[: len(missing)] == missing:  # the named module, not a dependency
@@ -119,6 +122,20 @@ def _import_module(spec: FuncSpec):
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
     except (Exception, SystemExit) as exc:
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
+    _check_not_taken(spec, module, cwd)
+    return module
+
+
+def _check_not_taken(spec: FuncSpec, module: Any, cwd: str) -> None:
+    """``calendar:f`` with a calendar.py here, when the standard library's calendar (or another
+    installed module of that name) was imported first: say so rather than 'has no attribute f'."""
+    local = os.path.join(cwd, *spec.target.split(".")) + ".py"
+    where = getattr(module, "__file__", None)
+    if os.path.isfile(local) and where and os.path.abspath(where) != os.path.abspath(local):
+        raise InputError(
+            f"{spec.target} names the installed module {where}, imported before yours; give your file "
+            f"as a path: {os.path.relpath(local)}:{'.'.join(spec.attrs)}{'()' if spec.call_factory else ''}"
+        )
 
 
 def _import_path(spec: FuncSpec):
@@ -132,6 +149,7 @@ def _import_path(spec: FuncSpec):
         raise InputError(f"FUNC file {spec.target} cannot be imported; is it a .py file?")
     module = importlib.util.module_from_spec(module_spec)
     folder = os.path.dirname(path)
+    shadowing.add_user_folder(folder)
     if folder not in sys.path:
         sys.path.insert(0, folder)  # as 'python file.py' does: sibling modules import
     sys.modules[name] = module
@@ -139,8 +157,31 @@ def _import_path(spec: FuncSpec):
         module_spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:
         sys.modules.pop(name, None)
+        if isinstance(exc, ImportError) and "relative import" in str(exc):
+            raise InputError(_relative_import_hint(spec, path, exc)) from exc
         raise FunctionError(f"importing {spec.target} raised {describe(exc)}") from exc
     return module
+
+
+def _relative_import_hint(spec: FuncSpec, path: str, exc: BaseException) -> str:
+    """A file inside a package that imports relatively (``from . import x``) must be imported
+    as a module of its package: name it ``pkg.sub:fn``, from the folder above the package."""
+    parts = [os.path.splitext(os.path.basename(path))[0]]
+    folder = os.path.dirname(path)
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        parts.insert(0, os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    attrs = ".".join(spec.attrs) + ("()" if spec.call_factory else "")
+    if len(parts) == 1:
+        return (
+            f"importing {spec.target} raised {describe(exc)}: it uses relative imports but its "
+            "folder is no package; add an __init__.py there and name it pkg.module:NAME"
+        )
+    where = os.path.relpath(folder) if folder != os.getcwd() else "."
+    return (
+        f"{spec.target} uses relative imports, so it must be imported as part of its package: "
+        f"use {'.'.join(parts)}:{attrs} (run from {where})"
+    )
 
 
 def parse_kwarg(text: str) -> tuple[str, Any]:
@@ -148,13 +189,13 @@ def parse_kwarg(text: str) -> tuple[str, Any]:
     name, sep, value = text.partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():
-        raise InputError(f"--kwarg {text!r}: write NAME=VALUE, e.g. --kwarg scale=4.0")
+        raise InputError(f"--kwarg {quoted(text)}: write NAME=VALUE, e.g. --kwarg scale=4.0")
     import yaml
 
     try:
         return name, yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as exc:
-        raise InputError(f"--kwarg {name}: {value!r} is not valid YAML") from exc
+        raise InputError(f"--kwarg {name}: {quoted(value)} is not valid YAML") from exc
 
 
 def check_call(func: Callable[..., Any], n_args: int, kwargs: dict[str, Any], spec: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tempfile
 from typing import Any
 
 from jaccli.errors import InputError, human_size
@@ -66,14 +65,19 @@ class NpyWriter:
         """A temporary file beside the target, with the header and its full (sparse) size."""
         import math
 
-        folder = os.path.dirname(os.path.abspath(self.path))
+        from jaccli import tempfiles
+
         try:
-            fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=folder)
+            fd, temp = tempfiles.create(self.path)  # pending until renamed: any end removes it
         except OSError as exc:
             raise InputError(f"cannot write {self.path}: {exc.strerror or exc}; nothing was changed") from exc
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(header(self.shape, self.dtype))
-            fh.truncate(self.offset + math.prod(self.shape) * self.dtype.itemsize)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(header(self.shape, self.dtype))
+                fh.truncate(self.offset + math.prod(self.shape) * self.dtype.itemsize)
+        except BaseException:
+            tempfiles.discard(temp)
+            raise
         return temp
 
     def write(self, row: int, column: int, block: Any) -> None:
@@ -105,7 +109,6 @@ class NpyWriter:
         replace_into(self.temp, self.path)
 
     def discard(self) -> None:
-        try:
-            os.unlink(self.temp)
-        except FileNotFoundError:
-            pass
+        from jaccli import tempfiles
+
+        tempfiles.discard(self.temp)

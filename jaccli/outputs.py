@@ -14,10 +14,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import IO, Any, Callable
 
 from jaccli.errors import InputError
+from jaccli.streams import write_all
 
 FORMATS = ("text", "json", "yaml", "npz", "npy")
 BINARY_FORMATS = ("npz", "npy")
@@ -50,6 +50,27 @@ def check_destination(path: str, option: str = "-o/--out") -> None:
         raise InputError(f"{option} {path} exists and is read-only; choose another path or make it writable")
 
 
+def check_distinct(paths: dict[str, str | None]) -> None:
+    """Two outputs of one command must not be one file (``-o r.json --timings r.json``, also
+    through ``./``, symbolic links or hard links): the second would overwrite the first."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    for option, path in paths.items():
+        if path is None or path == "-":
+            continue
+        keys = [("path", os.path.normcase(os.path.realpath(path)))]
+        try:
+            info = os.stat(path)
+            keys.append(("inode", info.st_dev, info.st_ino))
+        except OSError:
+            pass
+        for key in keys:
+            if key in seen:
+                other, other_path = seen[key]
+                same = f"{other} {other_path} and {option} {path}"
+                raise InputError(f"{same} are the same file; give each output its own path")
+            seen[key] = (option, path)
+
+
 def check_count(fmt: str, keys: list[str], where: str) -> None:
     """``.npy`` holds exactly one array."""
     if fmt == "npy" and len(keys) != 1:
@@ -61,9 +82,10 @@ def check_count(fmt: str, keys: list[str], where: str) -> None:
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Write through ``write(fileobj)`` into a temporary file, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
+    from jaccli import tempfiles
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfiles.create(path)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed") from exc
     try:
@@ -73,10 +95,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(fh.fileno())
         replace_into(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tempfiles.discard(tmp)
         if isinstance(exc, OSError):
             raise InputError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed") from exc
         raise
@@ -84,8 +103,10 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
 
 def replace_into(tmp: str, path: str) -> None:
     """Rename a finished temporary file over ``path``, keeping an existing file's permissions."""
+    from jaccli import tempfiles
+
     os.chmod(tmp, _mode_for(path))
-    os.replace(tmp, path)
+    tempfiles.replaced(tmp, path)
 
 
 def _mode_for(path: str) -> int:
@@ -158,9 +179,6 @@ def write_stream(stream: IO[bytes], fmt: str, results: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     try:
         encode(buffer, fmt, results)
-        stream.write(buffer.getvalue())
-        stream.flush()
-    except BrokenPipeError:
-        raise  # the reader left (| head): the CLI ends quietly
+        write_all(stream, buffer.getvalue())  # every byte, or an error: never a silent short write
     except OSError as exc:
         raise InputError(f"cannot write to standard output: {exc.strerror or exc}") from exc

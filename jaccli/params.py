@@ -165,7 +165,7 @@ inputs_and_device = _stack(
         type=DeviceType(),
         help="cpu, cuda, cuda:N, or auto (CUDA when available).",
     ),
-    click.option("--seed", default=0, show_default=True, type=int, help="Seed for randn."),
+    click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed for randn."),
     click.option(
         "--max-memory",
         type=SizeType(),

@@ -113,7 +113,8 @@ def picture(matrix: Any, axes: Axes, colour: bool, width: int) -> list[Any]:
 
 def _heatmap(matrix: Any, axes: Axes, colour: bool) -> list[Any]:
     import numpy as np
-    from rich.text import Text
+
+    from jaccli.styled import Text
 
     scale = _largest(matrix)
     grid = levels(matrix, scale)
@@ -126,7 +127,8 @@ def _heatmap(matrix: Any, axes: Axes, colour: bool) -> list[Any]:
 
 def _summary(matrix: Any, axes: Axes, colour: bool) -> list[Any]:
     import numpy as np
-    from rich.text import Text
+
+    from jaccli.styled import Text
 
     rows, cols = matrix.shape
     zeros = int((matrix == 0).sum())
@@ -165,7 +167,7 @@ def _frame(
     cells: list[list[Any]], row_labels: Any = None, col_labels: Any = None, every: int = 5
 ) -> list[Any]:
     """Rows of two-character cells under column labels, each row after its label."""
-    from rich.text import Text
+    from jaccli.styled import Text
 
     n_rows, n_cols = len(cells), len(cells[0])
     row_labels = list(range(n_rows)) if row_labels is None else [int(v) for v in row_labels]
@@ -208,7 +210,7 @@ def _background(end: tuple[int, int, int], level: int) -> Any:
 
 def _legend(scale: float, colour: bool, signed: bool, bad: bool) -> Any:
     """What the cells mean: level k holds |entry| in ((k-1)/9, k/9] of the largest |entry|."""
-    from rich.text import Text
+    from jaccli.styled import Text
 
     what = "|entry|" if signed else "block's largest |entry|"
     zero = "exactly zero" if signed else "all zero"

@@ -21,8 +21,12 @@ def console_for(stream: IO[str]) -> Any:
 
     from rich.console import Console
 
+    from jaccli.streams import raise_broken_pipe
+
     plain = bool(os.environ.get("NO_COLOR"))
-    return Console(file=stream, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
+    console = Console(file=stream, highlight=False, soft_wrap=True, color_system=None if plain else "auto")
+    console.on_broken_pipe = raise_broken_pipe  # rich would exit with status 1: end as cat does
+    return console
 
 
 def jacobian_note(info: Any, flattened: bool) -> str:
@@ -48,31 +52,59 @@ def render_text(
     axes: dict[str, Any] | None = None,
 ) -> None:
     """Each result: its key, shape and dtype, a note where one helps, the values, then for a
-    Jacobian or Hessian (``axes`` says which, and how it reads as a matrix) its picture."""
+    Jacobian or Hessian (``axes`` says which, and how it reads as a matrix) its picture.
 
-    import numpy as np
-    from rich.markup import escape
+    A pipe or a file gets plain text written directly (rich is not even imported); a terminal
+    gets it through rich, with styles unless NO_COLOR is set."""
+    from jaccli import streams
 
-    from jaccli.pictures import picture
-
+    if streams.is_plain(stream):
+        lines = _result_lines(results, notes, dtypes, axes or {}, False, max(streams.plain_width(), 80))
+        streams.write_text(stream, "".join(f"{line}\n" for line in lines))
+        return
     console = console_for(stream)
     colour = console.color_system is not None
-    width = max(console.width, 80)
-    axes = axes or {}
+    for line in _result_lines(results, notes, dtypes, axes or {}, colour, max(console.width, 80)):
+        console.print(line, markup=False)
+
+
+def _result_lines(
+    results: dict[str, Any],
+    notes: dict[str, str],
+    dtypes: dict[str, str],
+    axes: dict[str, Any],
+    colour: bool,
+    width: int,
+) -> list[Any]:
+    """The lines, each a string or a :class:`jaccli.styled.Text`."""
+    import numpy as np
+
+    from jaccli.pictures import picture
+    from jaccli.styled import Text
+
+    lines: list[Any] = []
     for n, (key, array) in enumerate(results.items()):
         if n:
-            console.print()
+            lines.append("")
         dtype = dtypes.get(key, str(array.dtype))
-        console.print(f"[bold]{escape(key)}[/bold]  shape {_shape(array.shape)}  {dtype}")
+        lines.append(Text(key, "bold").append(f"  shape {_shape(array.shape)}  {dtype}"))
         if key in notes:
-            console.print(f"[dim]{escape(notes[key])}[/dim]")
-        text = np.array2string(array, max_line_width=width, threshold=1000, edgeitems=3)
-        console.print(text, markup=False)
+            lines.append(Text(notes[key], "dim"))
+        lines.append(np.array2string(array, max_line_width=width, threshold=1000, edgeitems=3))
         shape = axes[key].shape if key in axes else (0, 0)
         if array.size == shape[0] * shape[1] > 1:  # not under --batch-dim, nor for a single number
-            console.print()
-            for line in picture(array, axes[key], colour, width):
-                console.print(line)
+            lines.append("")
+            lines.extend(picture(array, axes[key], colour, width))
+    return lines
+
+
+def wrote_line(keys: list[str], path: str, most: int = 8) -> str:
+    """``wrote 3 result(s) (output, jvp, aux) to out.npz``; many keys are summarised."""
+    if len(keys) <= most:
+        shown = ", ".join(keys)
+    else:
+        shown = f"{', '.join(keys[: most - 2])}, ..., {keys[-1]}"
+    return f"wrote {len(keys)} result(s) ({shown}) to {path}"
 
 
 def render_timings(stream: IO[str], timings: Timings) -> None:
@@ -152,6 +184,11 @@ def non_finite_line(key: str, nan: int, inf: int, size: int) -> str:
 
 def render_checks(stream: IO[str], report: Any) -> None:
     """The verdict table of ``jac check``, then one line per failed or skipped check."""
+    from jaccli import streams
+
+    if streams.is_plain(stream):  # a pipe or a file: the same lines, without importing rich
+        streams.write_text(stream, "".join(f"{line}\n" for line in _plain_checks(report)))
+        return
     from rich.markup import escape
     from rich.table import Table
 
@@ -184,3 +221,30 @@ def render_checks(stream: IO[str], report: Any) -> None:
         f"[{colour[verdict]}]{verdict}[/] in {report.dtype}: an entry passes when |a - b| <= atol + rtol*|b| "
         f"(atol {tol['atol']:g}, rtol {tol['rtol']:g}); finite differences with eps {tol['eps']:g}"
     )
+
+
+def _plain_checks(report: Any) -> list[str]:
+    """render_checks' table and lines as rich lays them out without styles (box=None,
+    padding (0, 2)): columns as wide as their widest cell, two spaces either side."""
+    header = ("check", "max abs err", "max rel err", "")
+    cells = [header] + [
+        (
+            row.name,
+            "" if row.max_abs is None else f"{row.max_abs:.2e}",
+            "" if row.max_rel is None else f"{row.max_rel:.2e}",
+            row.verdict,
+        )
+        for row in report.rows
+    ]
+    widths = [max(len(r[i]) for r in cells) for i in range(4)]
+    lines = []
+    for r in cells:
+        parts = [r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].rjust(widths[2]), r[3].ljust(widths[3])]
+        lines.append("  " + "    ".join(parts) + "  ")
+    lines += [f"  {row.verdict} {row.name}: {row.detail}" for row in report.rows if row.detail]
+    tol = report.tolerance
+    lines.append(
+        f"{'PASS' if report.passed else 'FAIL'} in {report.dtype}: an entry passes when |a - b| <= atol + "
+        f"rtol*|b| (atol {tol['atol']:g}, rtol {tol['rtol']:g}); finite differences with eps {tol['eps']:g}"
+    )
+    return lines

@@ -24,6 +24,7 @@ from typing import IO, Any, BinaryIO, Callable, Union
 
 from jaccli import trees
 from jaccli.errors import InputError
+from jaccli.streams import UserStdout
 from jaccli.timing import Timings
 
 TIMINGS_FORMATS = ("json", "yaml")
@@ -118,6 +119,9 @@ def check_request(request: Request, stdout: BinaryIO | None = None) -> None:
     if request.timings_path is not None:
         outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
         outputs.check_destination(request.timings_path, "--timings")
+    outputs.check_distinct(
+        {"-o/--out": request.out, "--timings": request.timings_path, "--plot": request.plot}
+    )
     if request.chunk_size is not None and request.chunk_size < 1:
         raise InputError(f"--chunk-size {request.chunk_size}: must be 1 or more")
     if request.plot is not None:
@@ -137,7 +141,7 @@ def run(request: Request, stdout: BinaryIO | None = None) -> Outcome:
             "jacobian written with -o J.npy"
         )
     # The user's code may print: keep standard output for results alone.
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(UserStdout(sys.stderr)):
         if request.sparse or request.sparsity:
             from jaccli.sparse.command import run_sparse
 
@@ -302,7 +306,11 @@ def _run(request: Request) -> Outcome:
     if choice:
         timings.footer["choice"] = choice
     if mode_note is None and command == "jacobian":  # --mode auto, decided by the trial
-        name = _MODE_NAMES[router.chosen[0].command]
+        if getattr(router, "chosen", None) is not None:
+            name = _MODE_NAMES[router.chosen[0].command]
+        else:  # chunked (streaming.Chunked): the blocks' chunk routes say
+            modes = {b.route.mode for b in router.blocks.values() if b.route is not None}
+            name = " and ".join(sorted({"fwd": "forward", "rev": "reverse"}[m] for m in modes)) or "?"
         why = "the faster route timed on the first call" if choice else "the only mode that works here"
         mode_note = f"mode: {name} (--mode auto, {why})"
     timings.notes.extend(router.fallbacks)
@@ -694,7 +702,7 @@ def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
     from jaccli.check_plan import refuse_sparse
 
     refuse_sparse(request.primals)
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(UserStdout(sys.stderr)):
         if request.sparse or request.sparsity:
             from jaccli.sparse.checking import check_sparse
 
@@ -751,6 +759,7 @@ def _check(request: Request) -> CheckOutcome:
 def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str]) -> None:
     from jaccli import outputs
     from jaccli.render import render_checks
+    from jaccli.streams import write_text
 
     fmt = output_format(request)
     doc = outcome.report.as_dict()
@@ -760,8 +769,7 @@ def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str])
         elif fmt == "text":
             render_checks(text_stdout, outcome.report)
         else:
-            text_stdout.write(outputs.dump_document(doc, fmt))
-            text_stdout.flush()
+            write_text(text_stdout, outputs.dump_document(doc, fmt))
     _write_timings(outcome.timings, request)
 
 

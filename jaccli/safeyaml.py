@@ -10,6 +10,22 @@ from typing import Any
 
 from jaccli.errors import InputError
 
+# YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: 1e-3, 2E5, nan, inf, -Infinity.
+_FLOAT_12 = (
+    r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+"
+    r"|[-+]?(?:inf|Inf|INF|infinity|Infinity)|nan|NaN|NAN)$"
+)
+
+
+def _with_floats(loader: type) -> type:
+    """``loader`` with YAML 1.2's float spellings resolved as floats (only for plain scalars:
+    a quoted "1e-3" stays a string)."""
+    import re
+
+    first = list("-+0123456789.iInN")
+    loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT_12), first)
+    return loader
+
 
 def _no_alias_loader():
     """yaml.SafeLoader that refuses aliases (*name): a few lines of them can expand into
@@ -26,7 +42,50 @@ def _no_alias_loader():
                 )
             return super().compose_node(parent, index)
 
-    return NoAliasLoader
+    return _with_floats(NoAliasLoader)
+
+
+def _fast_loader():
+    """libyaml's C parser with SafeLoader's constructor (the same safe_load semantics), many
+    times faster than the pure-Python one; None where PyYAML was built without libyaml."""
+    import yaml
+
+    if not getattr(yaml, "__with_libyaml__", False):
+        return None
+
+    class FastLoader(yaml.CSafeLoader):
+        pass
+
+    return _with_floats(FastLoader)
+
+
+FAST_MAX_DEPTH = 1000  # libyaml composes nodes by recursion in C: ~100,000 levels overflow its stack
+
+
+def shallow(text: str, limit: int = FAST_MAX_DEPTH) -> bool:
+    """Whether a YAML text is surely nested less than ``limit`` deep, without parsing it: its
+    brackets (quoted ones too) nest less than half of it, and no line starts with half of it
+    in indentation and '-'/'?' indicators (each block level takes at least one such character)."""
+    import re
+    from itertools import accumulate
+
+    half = limit // 2
+    if text.count("[") + text.count("{") >= half:
+        brackets = re.sub(r"[^\[\]{}]+", "", text)
+        if max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0) >= half:
+            return False
+    return re.search(rf"(?m)^[ \t?-]{{{half},}}", text) is None
+
+
+def _loader_for(text: str):
+    """The C loader when the text cannot hold an alias (no '*' anywhere) and is not nested
+    deeply enough to overflow C's stack; else the pure-Python one, which refuses aliases
+    (libyaml composes them in C, where they cannot be refused) and deep nesting (RecursionError)."""
+    if "*" not in text and shallow(text):
+        fast = _fast_loader()
+        if fast is not None:
+            return fast
+    return _no_alias_loader()
 
 
 class _AliasRefused(Exception):
@@ -38,7 +97,7 @@ def load(text: str, origin: str) -> Any:
     import yaml
 
     try:
-        return yaml.load(text, Loader=_no_alias_loader())  # a SafeLoader: no tags run code
+        return yaml.load(text, Loader=_loader_for(text))  # a safe loader: no tags run code
     except _AliasRefused as exc:
         raise InputError(
             f"{origin}: YAML anchors and aliases are refused ({exc}): they can expand without "

@@ -69,7 +69,9 @@ def test_read_only_folder(old_file: Path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(outputs.tempfile, "mkstemp", refuse)
+    from jaccli import tempfiles
+
+    monkeypatch.setattr(tempfiles.tempfile, "mkstemp", refuse)
     assert_clean_error(jac(*ARGS, "-o", str(old_file)), 2, "cannot write", "Permission denied")
     assert old_file.read_bytes() == OLD
 
