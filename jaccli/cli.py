@@ -97,7 +97,7 @@ def _execute(command: str, options: dict[str, Any]) -> None:
         return
     from jaccli.render import non_finite_line, render_timings, warn_non_finite
 
-    for note in outcome.timings.notes:
+    for note in outcome.timings.notes + outcome.timings.remarks:
         click.echo(f"jac: note: {command} {note}", err=True)
     warn_non_finite(sys.stderr, outcome.results)
     keys = list(outcome.results)

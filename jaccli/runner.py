@@ -141,6 +141,8 @@ class Setup:
     device: Any
     timings: Timings
     rng: Any
+    state: list = field(default_factory=list)  # tensors fn reads but is not given (jaccli.trust)
+    randomness: str = "error"  # vmap's setting, once the first call has shown what fn does
 
 
 def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
@@ -196,12 +198,16 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
         tangents = arguments.tangent_tensors(
             tangent_sources, primals, rng, names, request.command, request.batch_dim
         )
-    return Setup(fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng)
+    from jaccli.trust import state_of
+
+    state = state_of(module, inputs if names is not None else ())
+    return Setup(fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng, state)
 
 
 def _run(request: Request) -> Outcome:
     from jaccli import arguments, memory, modules, transforms
     from jaccli.routing import Router, evaluate
+    from jaccli.trust import finite, first_call, profile_note, zero_note
 
     command = request.command
     setup = _setup(request, transforms.COMMANDS)
@@ -209,9 +215,18 @@ def _run(request: Request) -> Outcome:
     tangents, timings, rng = setup.tangents, setup.timings, setup.rng
     batch = request.batch_dim
     with timings.phase("function, first call"):
-        output, aux = transforms.call_function(
-            lambda *p: evaluate(fn, p, batch, request.engine), primals, request.has_aux
+        # profiled (jaccli.trust): from here on fn sees fresh inputs and a seeded random stream
+        (output, aux), fn, how = first_call(
+            fn,
+            lambda g: transforms.call_function(
+                lambda *p: evaluate(g, p, batch, request.engine), primals, request.has_aux
+            ),
+            request.seed,
+            setup.state,
         )
+        setup.fn = fn
+        # a random function runs seeded, so every vmapped evaluation shares one draw (README)
+        setup.randomness = "same" if how.random and request.randomness == "error" else request.randomness
     sample_output, sample_primals = _per_sample_shapes(output, primals, batch)
     if command in ("hessian", "hvp"):
         _check_scalar(command, sample_output)
@@ -252,8 +267,10 @@ def _run(request: Request) -> Outcome:
         "argnums": argnums,
         "has_aux": request.has_aux,
         "chunk_size": request.chunk_size,
-        "randomness": request.randomness,
+        "randomness": setup.randomness,
     }
+    if profile_note(how):
+        timings.remarks.append(profile_note(how))
     router = Router(
         command,
         request.engine,
@@ -266,6 +283,7 @@ def _run(request: Request) -> Outcome:
         loop_ok=plan.loop_ok,
         trial=plan.trial,
         sync=timings.sync,
+        output_finite=finite(output),
     )
     with timings.phase("first call"):
         if memory_plan.how == memory.CHUNKED:
@@ -277,11 +295,16 @@ def _run(request: Request) -> Outcome:
     choice = _choice(router)
     if choice:
         timings.footer["choice"] = choice
+    if command == "jacobian" and request.mode == "auto" and mode_note and router.chosen:
+        chosen_mode = _MODE_NAMES.get(router.chosen[0].command, "reverse")
+        if not mode_note.startswith(f"mode: {chosen_mode}"):  # the planned mode failed
+            mode_note = f"mode: {chosen_mode} (--mode auto: the other mode failed here, see the note)"
     if mode_note is None and command == "jacobian":  # --mode auto, decided by the trial
         name = _MODE_NAMES[router.chosen[0].command]
         why = "the faster route timed on the first call" if choice else "the only mode that works here"
         mode_note = f"mode: {name} (--mode auto, {why})"
     timings.notes.extend(router.fallbacks)
+    timings.remarks.extend(router.remarks)
     steady, engine = router, router.label
     if request.compile:
         from jaccli.compiled import compile_router
@@ -306,6 +329,8 @@ def _run(request: Request) -> Outcome:
                 for k, i in layout
             ]
         notes = _notes(layout, rename, results, request.flatten, batch, mode_note)
+        if zero_note(results):
+            timings.remarks.append(zero_note(results))
 
     if mode_note:
         timings.footer["mode"] = mode_note
@@ -365,7 +390,7 @@ def _chunked(request: Request, setup: Setup, plan: Any, layout: list, aux: Any) 
     from jaccli.streaming import Chunked
 
     blocks = {
-        key: BlockJacobian(setup.fn, setup.primals, info, request.has_aux, request.randomness)
+        key: BlockJacobian(setup.fn, setup.primals, info, request.has_aux, setup.randomness)
         for key, info in layout
         if info is not None
     }
@@ -384,7 +409,7 @@ def _stream(request: Request, setup: Setup, plan: Any, block: Any) -> Outcome:
 
     timings, info = setup.timings, block.info
     shape = info.matrix_shape if request.flatten else (*info.output_shape, *info.input_shape)
-    jacobian = BlockJacobian(setup.fn, setup.primals, info, request.has_aux, request.randomness)
+    jacobian = BlockJacobian(setup.fn, setup.primals, info, request.has_aux, setup.randomness)
     session = distributed.start(setup.device) if distributed.launched() else distributed.Single()
     try:
         report = to_file(
@@ -530,7 +555,8 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     routed = "jacfwd" if picked == "fwd" else "jacrev"
     reverse = routed == "jacrev"  # forward mode has one route of its own: nothing to choose
     note = f"mode: {_MODE_NAMES[routed]} (--mode auto: {why})"
-    return Plan((routed,), note, untaxed_first and reverse, loop_ok, trial and reverse)
+    other = "jacrev" if routed == "jacfwd" else "jacfwd"  # tried only when this mode fails
+    return Plan((routed, other), note, untaxed_first and reverse, loop_ok, trial and reverse)
 
 
 def _loop_ok(passes: int, call_time: float, fn, primals, batch: int | None) -> bool:
@@ -604,8 +630,10 @@ def _to_host(value: Any, key: str) -> tuple[Any, str]:
     import torch
 
     if isinstance(value, torch.Tensor):
+        from jaccli.trust import materialize
+
         dtype = str(value.dtype).replace("torch.", "")
-        tensor = value.detach().cpu()
+        tensor = materialize(value.detach()).cpu()
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()  # numpy has no bfloat16
         return tensor.resolve_conj().numpy(), dtype

@@ -384,6 +384,8 @@ _FORWARD_MISSING = (
 # torch's vmap errors start "vmap: ..."; a custom autograd.Function without a vmap rule says so
 _VMAP = ("vmap:", "does not have vmap support", "batching rule")
 _NOT_TRANSFORMABLE = ("must override the setup_context",)  # an old-style autograd.Function
+# torch.func's wrapped tensors have no storage for numpy; autograd refuses a tensor that requires grad
+_NUMPY = ("cannot access data pointer", "can't call numpy() on tensor that requires grad")
 _DOUBLE_BACKWARD = ("derivative for", "double backward", "backward of")
 
 
@@ -434,6 +436,11 @@ def guarded(fn: Callable[[], Any], what: str) -> Any:
             )
         elif why == "functorch":
             hint = "; torch.func cannot transform this function: use --engine auto (the default) or autograd"
+        elif any(marker in text for marker in _NUMPY):
+            hint = (
+                "; the function leaves torch through numpy (.numpy(), np.* on a tensor): derivatives "
+                "cannot flow through numpy, keep the computation in torch"
+            )
         raise FunctionError(f"{what} raised {describe(exc)}{hint}") from exc
 
 
