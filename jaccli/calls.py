@@ -82,9 +82,14 @@ def _snapshot(state: Sequence[Any]) -> list:
 
 
 def _restore(state: Sequence[Any], saved: Sequence[Any]) -> None:
+    import contextlib
+
     import torch
 
-    with torch.no_grad():
+    # under a torch.func transform the state is a captured tensor, which functorch would refuse
+    # to see changed: put it back below the transforms
+    plain = getattr(torch._C, "_DisableFuncTorch", contextlib.nullcontext)
+    with torch.no_grad(), plain():
         for t, s in zip(state, saved):
             t.copy_(s)
 
@@ -121,8 +126,11 @@ def profile(
 
 
 def disciplined(fn: Callable, how: Profile, seed: int | None = 0, state: Sequence[Any] = ()) -> Callable:
-    """``fn`` wrapped so that each call sees fresh inputs and the seeded random stream, as needed;
-    the ``state`` tensors (as given to :func:`profile`) are put back after each call."""
+    """``fn`` wrapped so that each call sees fresh inputs and the seeded random stream, as needed.
+
+    The ``state`` tensors (as given to :func:`profile`) are put back as they were before each
+    call (not after: a backward pass may still need what the call left there); the wrapper's
+    ``restore_state()`` puts them back once the work is done."""
     if how.plain:
         return fn
     import torch
@@ -133,13 +141,12 @@ def disciplined(fn: Callable, how: Profile, seed: int | None = 0, state: Sequenc
     def call(*args: Any, **kwargs: Any) -> Any:
         if how.mutates:
             args = copies(args)
-        try:
-            with seeded(seed if how.random else None):
-                return fn(*args, **kwargs)
-        finally:
-            if state:
-                _restore(state, saved)
+        if state:
+            _restore(state, saved)
+        with seeded(seed if how.random else None):
+            return fn(*args, **kwargs)
 
     call.__name__ = getattr(fn, "__name__", "function")
+    call.restore_state = lambda: _restore(state, saved)  # type: ignore[attr-defined]
     call.__wrapped__ = fn  # type: ignore[attr-defined]
     return call

@@ -87,6 +87,7 @@ _WHY = {
     "vmap": "vmap cannot batch the function",
     "functorch": "torch.func cannot transform the function",
     "missing": "a derivative formula is missing",
+    "internal": "PyTorch failed inside its own machinery on this route",
 }
 
 
@@ -163,7 +164,7 @@ class Router:
             try:
                 result = self._attempt(candidate, failures, last=n == len(candidates) - 1 and not suspect)
             except FunctionError as exc:
-                if not (suspect or self._other_mode(candidate, rest)):
+                if not (suspect or self._may_avoid(candidate, rest, exc)):
                     raise exc if first_error is None else first_error
                 first_error = first_error or exc
                 failures.append(f"{self._label(*candidate)}: {exc}")
@@ -179,6 +180,8 @@ class Router:
             return self._keep(candidate, result, failures, suspect)
         if suspect:
             return self._keep(*suspect[0], failures, suspect)
+        if first_error is not None:
+            raise first_error
         raise AssertionError("no candidate routes")  # ROUTES always has one
 
     def _spares(self, candidates: list[tuple[Route, bool]]) -> list[tuple[Route, bool]]:
@@ -196,13 +199,22 @@ class Router:
         self._note_suspect(suspect)
         return result
 
-    def _other_mode(self, candidate: tuple[Route, bool], rest: Sequence[tuple[Route, bool]]) -> bool:
-        """jac jacobian: whether a route of the other mode (forward, reverse) is still to try,
-        which may avoid what failed in this one (a random op under vmap, a missing formula)."""
-        if self.command != "jacobian":
+    def _may_avoid(self, candidate: tuple[Route, bool], rest: Sequence[tuple[Route, bool]], exc: Exception) -> bool:
+        """Whether a route still to try may avoid what failed in this one, though the failure does
+        not say so (the function ran on its own, in the first call):
+
+        - jac jacobian: a route of the other mode (forward, reverse), e.g. past a random op under vmap;
+        - a torch.func route, when torch.autograd's are still to try: vmap and functorch can fail
+          inside PyTorch's own batching rules (masked_select's backward under vmap) where a plain
+          pass does not. Not past ``--randomness error``: that refusal is asked for.
+        """
+        if self.command == "jacobian":
+            forward = candidate[0].command == "jacfwd"
+            if any((r.command == "jacfwd") != forward for r, _ in rest):
+                return True
+        if "randomness" in str(exc).lower():
             return False
-        forward = candidate[0].command == "jacfwd"
-        return any((r.command == "jacfwd") != forward for r, _ in rest)
+        return candidate[0].engine == "func" and any(r.engine == "autograd" for r, _ in rest)
 
     def _suspect(self, result: dict[str, Any]) -> bool:
         """A derivative with NaN or infinity where the function's output has none: a trick route
@@ -254,7 +266,7 @@ class Router:
             except FunctionError as exc:
                 # one mode failed where another route still may not: jac jacobian's modes, or
                 # any route once another has worked (the function itself ran there)
-                if not (working or self._other_mode(candidate, ordered[n + 1 :])):
+                if not (working or self._may_avoid(candidate, ordered[n + 1 :], exc)):
                     raise exc if first_error is None else first_error
                 first_error = first_error or exc
                 failures.append(f"{self._label(*candidate)}: {exc}")

@@ -43,7 +43,7 @@ class Request:
     argnums: int | tuple[int, ...] = 0
     has_aux: bool = False
     chunk_size: int | None = None
-    randomness: str = "error"
+    randomness: str = "same"  # every evaluation runs on one seeded stream (README, "Randomness")
     strict: bool = False
     dtype: str | None = None
     device: str = "cpu"
@@ -142,7 +142,6 @@ class Setup:
     timings: Timings
     rng: Any
     state: list = field(default_factory=list)  # tensors fn reads but is not given (jaccli.trust)
-    randomness: str = "error"  # vmap's setting, once the first call has shown what fn does
 
 
 def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
@@ -225,8 +224,6 @@ def _run(request: Request) -> Outcome:
             setup.state,
         )
         setup.fn = fn
-        # a random function runs seeded, so every vmapped evaluation shares one draw (README)
-        setup.randomness = "same" if how.random and request.randomness == "error" else request.randomness
     sample_output, sample_primals = _per_sample_shapes(output, primals, batch)
     if command in ("hessian", "hvp"):
         _check_scalar(command, sample_output)
@@ -267,10 +264,10 @@ def _run(request: Request) -> Outcome:
         "argnums": argnums,
         "has_aux": request.has_aux,
         "chunk_size": request.chunk_size,
-        "randomness": setup.randomness,
+        "randomness": request.randomness,
     }
-    if profile_note(how):
-        timings.remarks.append(profile_note(how))
+    if profile_note(how):  # in --timings files, not on stderr: nothing is wrong
+        timings.footer["function"] = profile_note(how)
     router = Router(
         command,
         request.engine,
@@ -304,7 +301,7 @@ def _run(request: Request) -> Outcome:
         why = "the faster route timed on the first call" if choice else "the only mode that works here"
         mode_note = f"mode: {name} (--mode auto, {why})"
     timings.notes.extend(router.fallbacks)
-    timings.remarks.extend(router.remarks)
+    timings.remarks.extend(getattr(router, "remarks", []))
     steady, engine = router, router.label
     if request.compile:
         from jaccli.compiled import compile_router
@@ -334,6 +331,7 @@ def _run(request: Request) -> Outcome:
 
     if mode_note:
         timings.footer["mode"] = mode_note
+    getattr(fn, "restore_state", lambda: None)()  # a module's buffers as the user gave them
     _footer(timings, command, engine, setup)
     return Outcome(results, notes, dtypes, timings, {k: a for k, a in axes.items() if k in results})
 
@@ -390,7 +388,7 @@ def _chunked(request: Request, setup: Setup, plan: Any, layout: list, aux: Any) 
     from jaccli.streaming import Chunked
 
     blocks = {
-        key: BlockJacobian(setup.fn, setup.primals, info, request.has_aux, setup.randomness)
+        key: BlockJacobian(setup.fn, setup.primals, info, request.has_aux, request.randomness)
         for key, info in layout
         if info is not None
     }
@@ -409,7 +407,7 @@ def _stream(request: Request, setup: Setup, plan: Any, block: Any) -> Outcome:
 
     timings, info = setup.timings, block.info
     shape = info.matrix_shape if request.flatten else (*info.output_shape, *info.input_shape)
-    jacobian = BlockJacobian(setup.fn, setup.primals, info, request.has_aux, setup.randomness)
+    jacobian = BlockJacobian(setup.fn, setup.primals, info, request.has_aux, request.randomness)
     session = distributed.start(setup.device) if distributed.launched() else distributed.Single()
     try:
         report = to_file(
@@ -438,6 +436,7 @@ def _stream(request: Request, setup: Setup, plan: Any, block: Any) -> Outcome:
     timings.footer["memory"] = (
         f"{plan.note(request.out)}; steady-state compute is that one run, not repeated{ranks}"
     )
+    getattr(setup.fn, "restore_state", lambda: None)()
     _footer(timings, request.command, report.label, setup)
     return Outcome({}, {}, {report.key: report.dtype}, timings, streamed=report)
 
@@ -534,8 +533,8 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     has_loop = any(route.loop for c in routed for route in ROUTES[c])  # else no need to estimate
     loop_ok = has_loop and _loop_ok(n_in if command == "hessian" else n_out, call_time, fn, primals, batch)
     # Only where every route computes what the command names: jacfwd, hessian and --mode fwd
-    # keep forward mode (and its result dtypes), --randomness (vmap's setting) keeps torch.func.
-    free = command in FREE_ROUTES and request.mode != "fwd" and request.randomness == "error"
+    # keep forward mode (and its result dtypes), --randomness different (vmap's) keeps torch.func.
+    free = command in FREE_ROUTES and request.mode != "fwd" and request.randomness != "different"
     free = free and not request.compile  # --compile traces torch.func's transforms: they go first
     auto = request.engine == "auto" and batch is None and free
     untaxed_first = auto and request.repeat is None
@@ -619,8 +618,13 @@ def _sources(values: Sequence[SourceLike], option: str, stdin: Any) -> list:
         if isinstance(value, str):
             sources.append(read_source(value, option, stdin))
         else:
+            if getattr(value, "layout", None) is not None and str(value.layout) != "torch.strided":
+                raise InputError(f"{option}: a {value.layout} tensor; jac takes dense tensors (.to_dense())")
+            dtype = str(getattr(value, "dtype", "")).replace("torch.", "")
+            if dtype == "bfloat16":  # numpy has none: through float32, exactly, and back
+                value = value.float()
             data = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            sources.append([Array(data, f"{option} (array)", dtype=str(data.dtype))])
+            sources.append([Array(data, f"{option} (array)", dtype=dtype if dtype == "bfloat16" else str(data.dtype))])
     return sources
 
 

@@ -1,0 +1,272 @@
+"""jac against torch on PyTorch's own operator database (OpInfo), float64 on the CPU.
+
+For each operator that supports autograd and a few of its sample inputs, the function
+``x -> op(x, *args, **kwargs)`` (its floating outputs) goes through jac's library API
+(:func:`jaccli.run`) as jvp, vjp, jacfwd, jacrev, hessian and hvp of its sum, under the
+default engine (the one-shot routes: torch.autograd tricks for small problems), and through
+``jac check``. Each result must equal torch.func's or torch.autograd's on the same function
+(seeded as jac seeds it, so random operators compare too).
+
+Run it all: ``python tests/opinfo_sweep.py`` (prints the counts and every mismatch), or
+``pytest -m opinfo tests/test_opinfo.py``. tests/test_opinfo.py runs a fixed sample by default.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from jaccli import calls
+from jaccli.errors import ExitCode, JacError
+from jaccli.runner import Request, run, run_check
+
+COMMANDS = ("jvp", "vjp", "jacfwd", "jacrev", "hessian", "hvp")
+SAMPLES = 2  # sample inputs per operator
+MAX_NUMEL = 64  # larger samples make Jacobians and Hessians slow to no purpose
+RTOL, ATOL = 1e-6, 1e-8
+SEED = 0
+
+
+def operators() -> list:
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    return [
+        op
+        for op in op_db
+        if op.supports_autograd and torch.float64 in op.supported_dtypes("cpu")
+    ]
+
+
+def op_id(op: Any) -> str:
+    return op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
+
+
+@dataclass
+class Case:
+    op: str
+    sample: int
+    command: str
+    status: str  # pass, mismatch, error (jac exit 70), refused (jac exit 2/3 where torch works), agree-fail
+    detail: str = ""
+
+
+@dataclass
+class Tally:
+    cases: list[Case] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {"cases": len(self.cases)}
+        for c in self.cases:
+            out[c.status] = out.get(c.status, 0) + 1
+        return out
+
+
+def samples(op: Any) -> list:
+    """Up to SAMPLES samples whose input is one small floating tensor."""
+    found = []
+    for sample in op.sample_inputs("cpu", torch.float64, requires_grad=False):
+        x = sample.input
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float64 or x.numel() > MAX_NUMEL:
+            continue
+        if x.layout != torch.strided:  # jac takes dense tensors
+            continue
+        found.append(sample)
+        if len(found) == SAMPLES:
+            break
+    return found
+
+
+def function_of(op: Any, sample: Any) -> Callable[[Any], Any]:
+    """x -> the op's floating outputs (a tensor, or a tuple of them); the other arguments fixed."""
+    args, kwargs = sample.args, sample.kwargs
+
+    def f(x):
+        out = op(x, *args, **kwargs)
+        leaves = [out] if isinstance(out, torch.Tensor) else list(out) if isinstance(out, (tuple, list)) else []
+        kept = [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        return kept[0] if len(kept) == 1 else tuple(kept)
+
+    return f
+
+
+def _seeded(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """f on the random stream jac gives it (jaccli.calls: --seed 0)."""
+
+    def g(x):
+        with calls.seeded(SEED):
+            return f(x)
+
+    return g
+
+
+def _leaves(out: Any) -> list:
+    return [out] if isinstance(out, torch.Tensor) else list(out)
+
+
+def _close(a: Any, b: Any) -> bool:
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b)
+    if a.shape != b.shape:
+        return False
+    b = b.to(torch.float64)
+    return bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True))
+
+
+def references(command: str, f: Callable, x: Any, v: Any, us: list) -> list[list]:
+    """torch.func's and torch.autograd's answers (each a list of tensors), those that run."""
+    import torch.autograd.functional as AF
+    import torch.func as tf
+
+    f = _seeded(f)
+    s = (lambda x: sum(t.sum() for t in _leaves(f(x))))
+    single = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
+    ways: list[Callable[[], list]] = []
+    if command == "jvp":
+        ways = [
+            lambda: _leaves(tf.jvp(f, (x,), (v,))[1]),
+            lambda: list(single(AF.jvp(f, x, v)[1])),
+        ]
+    elif command == "vjp":
+        cot = tuple(us) if len(us) > 1 else us[0]
+        ways = [
+            lambda: list(tf.vjp(f, x)[1](cot)),
+            lambda: [AF.vjp(f, x, cot)[1]],
+        ]
+    elif command in ("jacfwd", "jacrev"):
+        ways = [
+            lambda: _leaves(tf.jacfwd(f, randomness="same")(x)),
+            lambda: _leaves(tf.jacrev(f)(x)),
+            lambda: list(single(AF.jacobian(f, x))),
+        ]
+    elif command == "hessian":
+        ways = [
+            lambda: [tf.hessian(s)(x)],
+            lambda: [tf.jacrev(tf.jacrev(s))(x)],
+            lambda: [AF.hessian(s, x)],
+        ]
+    elif command == "hvp":
+        ways = [
+            lambda: [tf.jvp(tf.grad(s), (x,), (v,))[1]],
+            lambda: [AF.hvp(s, x, v)[1]],
+        ]
+    found = []
+    for way in ways:
+        try:
+            found.append([t.detach() for t in way()])
+        except Exception:
+            pass
+    return found
+
+
+def jac_answer(command: str, f: Callable, x: Any, v: Any, us: list) -> list:
+    s = lambda x: sum(t.sum() for t in _leaves(f(x)))  # noqa: E731
+    fn = s if command in ("hessian", "hvp") else f
+    request = Request(
+        command,
+        fn,
+        primals=[x],
+        tangents=[v] if command in ("jvp", "hvp") else [],
+        cotangents=us if command == "vjp" else [],
+        repeat=0,
+        warmup=0,
+        seed=SEED,
+    )
+    results = run(request).results
+    key = {"jvp": "jvp", "vjp": "vjp", "jacfwd": "jacobian", "jacrev": "jacobian", "hessian": "hessian",
+           "hvp": "hvp"}[command]
+    return [torch.from_numpy(a) for k, a in results.items() if k.split(".")[0] == key]
+
+
+def check_one(op: Any, n: int, sample: Any, command: str) -> Case:
+    f = function_of(op, sample)
+    x = sample.input.detach().clone()
+    g = torch.Generator().manual_seed(n)
+    v = torch.randn(x.shape, dtype=x.dtype, generator=g)
+    try:
+        with torch.no_grad():
+            out = _seeded(f)(x.clone())
+        outs = _leaves(out)
+    except Exception as exc:
+        return Case(op_id(op), n, command, "agree-fail", f"the op raised: {exc!s:.80}")
+    if not outs:
+        return Case(op_id(op), n, command, "agree-fail", "no floating output")
+    us = [torch.randn(o.shape, dtype=o.dtype, generator=g) for o in outs]
+    refs = references(command, f, x.clone(), v, us)
+    try:
+        got = jac_answer(command, f, x.clone(), v, us)
+    except JacError as exc:
+        if not refs:
+            return Case(op_id(op), n, command, "agree-fail", str(exc)[:120])
+        return Case(op_id(op), n, command, "refused", f"exit {int(exc.exit_code)}: {str(exc)[:160]}")
+    except Exception as exc:  # an internal error: exit 70 from the CLI
+        return Case(op_id(op), n, command, "error", f"{type(exc).__name__}: {str(exc)[:160]}")
+    if not refs:
+        return Case(op_id(op), n, command, "pass", "jac answers where torch's references all fail")
+    for ref in refs:
+        if len(ref) == len(got) and all(_close(a, b) for a, b in zip(got, ref)):
+            return Case(op_id(op), n, command, "pass")
+    worst = max(
+        (float((a.double() - b.double()).abs().nan_to_num(1e300).max()) if a.shape == b.shape and a.numel() else -1)
+        for ref in refs[:1]
+        for a, b in zip(got, ref)
+    ) if refs[0] and len(refs[0]) == len(got) else -1
+    return Case(op_id(op), n, command, "mismatch", f"max abs diff vs torch.func {worst:.3g}")
+
+
+def check_verdict(op: Any, n: int, sample: Any) -> Case:
+    """``jac check`` must give a verdict (or a clear refusal), never an internal error."""
+    f = function_of(op, sample)
+    x = sample.input.detach().clone()
+    try:
+        run_check(Request("check", f, primals=[x], seed=SEED))
+    except JacError as exc:
+        return Case(op_id(op), n, "check", "pass", f"exit {int(exc.exit_code)}: {str(exc)[:80]}")
+    except Exception as exc:
+        return Case(op_id(op), n, "check", "error", f"{type(exc).__name__}: {str(exc)[:160]}")
+    return Case(op_id(op), n, "check", "pass")
+
+
+def sweep(ops: list, commands=COMMANDS, check: bool = True, tally: Tally | None = None) -> Tally:
+    import warnings
+
+    tally = tally or Tally()
+    warnings.filterwarnings("ignore")
+    for op in ops:
+        try:
+            found = samples(op)
+        except Exception:
+            continue
+        for n, sample in enumerate(found):
+            for command in commands:
+                tally.cases.append(check_one(op, n, sample, command))
+            if check:
+                tally.cases.append(check_verdict(op, n, sample))
+    return tally
+
+
+def main(argv: list[str]) -> int:
+    import contextlib
+    import io
+    import time
+
+    ops = operators()
+    if argv:
+        ops = [op for op in ops if op_id(op) in argv or op.name in argv]
+    tally = Tally()
+    start = time.time()
+    for i, op in enumerate(ops):
+        with contextlib.redirect_stderr(io.StringIO()):
+            sweep([op], tally=tally)
+        bad = [c for c in tally.cases if c.op == op_id(op) and c.status in ("mismatch", "error", "refused")]
+        for c in bad:
+            print(f"{c.status:9} {c.op} sample {c.sample} {c.command}: {c.detail}", flush=True)
+        if i % 25 == 0:
+            print(f"# {i}/{len(ops)} ops, {time.time() - start:.0f} s, {tally.counts()}", flush=True)
+    print("counts:", tally.counts(), f"({time.time() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
