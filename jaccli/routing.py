@@ -165,7 +165,7 @@ class Router:
                 result = self._attempt(candidate, failures, last=n == len(candidates) - 1 and not suspect)
             except FunctionError as exc:
                 if not (suspect or self._may_avoid(candidate, rest, exc)):
-                    raise exc if first_error is None else first_error
+                    raise exc if first_error is None else first_error  # noqa: B904 (its own cause)
                 first_error = first_error or exc
                 failures.append(f"{self._label(*candidate)}: {exc}")
                 continue
@@ -199,7 +199,9 @@ class Router:
         self._note_suspect(suspect)
         return result
 
-    def _may_avoid(self, candidate: tuple[Route, bool], rest: Sequence[tuple[Route, bool]], exc: Exception) -> bool:
+    def _may_avoid(
+        self, candidate: tuple[Route, bool], rest: Sequence[tuple[Route, bool]], exc: Exception
+    ) -> bool:
         """Whether a route still to try may avoid what failed in this one, though the failure does
         not say so (the function ran on its own, in the first call):
 
@@ -236,7 +238,8 @@ class Router:
             )
         else:
             self.fallbacks.append(
-                f"answered by {self.label}: {tried} gave NaN or infinity where the function's output is finite"
+                f"answered by {self.label}: {tried} gave NaN or infinity where the function's output "
+                "is finite"
             )
 
     def _attempt(self, candidate: tuple[Route, bool], failures: list[str], last: bool) -> Any:
@@ -267,7 +270,7 @@ class Router:
                 # one mode failed where another route still may not: jac jacobian's modes, or
                 # any route once another has worked (the function itself ran there)
                 if not (working or self._may_avoid(candidate, ordered[n + 1 :], exc)):
-                    raise exc if first_error is None else first_error
+                    raise exc if first_error is None else first_error  # noqa: B904 (its own cause)
                 first_error = first_error or exc
                 failures.append(f"{self._label(*candidate)}: {exc}")
                 result = FAILED

@@ -624,7 +624,8 @@ def _sources(values: Sequence[SourceLike], option: str, stdin: Any) -> list:
             if dtype == "bfloat16":  # numpy has none: through float32, exactly, and back
                 value = value.float()
             data = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            sources.append([Array(data, f"{option} (array)", dtype=dtype if dtype == "bfloat16" else str(data.dtype))])
+            kept = dtype if dtype == "bfloat16" else str(data.dtype)
+            sources.append([Array(data, f"{option} (array)", dtype=kept)])
     return sources
 
 

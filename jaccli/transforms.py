@@ -89,7 +89,9 @@ def check_output(output: Any) -> None:
                 f"or dict of them{hint}"
             )
         if leaf.layout != torch.strided:
-            raise FunctionError(f"{name} is a {leaf.layout} tensor; jac differentiates dense outputs (.to_dense())")
+            raise FunctionError(
+                f"{name} is a {leaf.layout} tensor; jac differentiates dense outputs (.to_dense())"
+            )
         if not (leaf.is_floating_point() or leaf.is_complex()):
             raise FunctionError(
                 f"{name} is {with_article(str(leaf.dtype).replace('torch.', ''))} tensor; derivatives need "

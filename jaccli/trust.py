@@ -83,18 +83,26 @@ def finite(tree: Any) -> bool:
 
     for _, t in trees.leaves(tree):
         if isinstance(t, torch.Tensor) and t.numel() and (t.is_floating_point() or t.is_complex()):
-            if not _is_zero_tensor(t) and not bool(torch.isfinite(t).all()):
+            if not _is_zero_tensor(t) and not _all_finite(t):
                 return False
     return True
 
 
+def _all_finite(t: Any) -> bool:
+    """One reduction, no tensor of flags the size of ``t`` (a Jacobian may be most of memory):
+    the sum is finite when every element is, and a non-finite sum is confirmed element-wise
+    (it may be an overflow)."""
+    import torch
+
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def non_finite(tree: Any) -> bool:
     """Whether a derivative in a result tree holds NaN or infinity."""
-    import torch
 
     for t in _derivatives(tree):
         if (t.is_floating_point() or t.is_complex()) and not _is_zero_tensor(t):
-            if not bool(torch.isfinite(t).all()):
+            if not _all_finite(t):
                 return True
     return False
 

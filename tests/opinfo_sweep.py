@@ -4,7 +4,8 @@ For each operator that supports autograd and a few of its sample inputs, the fun
 ``x -> op(x, *args, **kwargs)`` (its floating outputs) goes through jac's library API
 (:func:`jaccli.run`) as jvp, vjp, jacfwd, jacrev, hessian and hvp of its sum, under
 ``--engine func`` and ``--engine autograd`` (the routes ``--engine auto`` chooses from, with
-their fallbacks), and through ``jac check``. Each result must equal torch.func's or torch.autograd's on the same function
+their fallbacks), and through ``jac check``. Each result must equal torch.func's or
+torch.autograd's on the same function
 (seeded as jac seeds it, so random operators compare too).
 
 Run it all: ``python tests/opinfo_sweep.py`` (prints the counts and every mismatch), or
@@ -20,11 +21,11 @@ from typing import Any, Callable
 import torch
 
 from jaccli import calls
-from jaccli.errors import ExitCode, JacError
+from jaccli.errors import JacError
 from jaccli.runner import Request, run, run_check
 
 COMMANDS = ("jvp", "vjp", "jacfwd", "jacrev", "hessian", "hvp")
-ENGINES = ("func", "autograd")  # every route --engine auto picks from is one of these engines' (with fallbacks)
+ENGINES = ("func", "autograd")  # --engine auto picks among these engines' routes
 SAMPLES = 2  # sample inputs per operator
 MAX_NUMEL = 64  # larger samples make Jacobians and Hessians slow to no purpose
 RTOL, ATOL = 1e-6, 1e-8
@@ -98,7 +99,10 @@ def function_of(op: Any, sample: Any) -> Callable[[Any], Any]:
 
     def f(x):
         out = op(x, *args, **kwargs)
-        leaves = [out] if isinstance(out, torch.Tensor) else list(out) if isinstance(out, (tuple, list)) else []
+        if isinstance(out, torch.Tensor):
+            leaves = [out]
+        else:
+            leaves = list(out) if isinstance(out, (tuple, list)) else []
         kept = [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
         return kept[0] if len(kept) == 1 else tuple(kept)
 
@@ -133,7 +137,9 @@ def references(command: str, f: Callable, x: Any, v: Any, us: list) -> list[tupl
     import torch.func as tf
 
     f = _seeded(f)
-    s = (lambda x: sum(t.sum() for t in _leaves(f(x))))
+    def s(x):
+        return sum(t.sum() for t in _leaves(f(x)))
+
     single = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
     ways: list[tuple[str, Callable[[], list]]] = []
     if command == "jvp":
@@ -194,6 +200,16 @@ def jac_answer(command: str, f: Callable, x: Any, v: Any, us: list, engine: str)
     return [torch.from_numpy(a) for k, a in results.items() if k.split(".")[0] == key]
 
 
+def _disagreement(refs: list) -> str:
+    """Where torch's own routes (torch.func, torch.autograd) disagree with each other: say by how much."""
+    worst = 0.0
+    for other in refs[1:]:
+        for a, b in zip(refs[0], other):
+            if a.shape == b.shape and a.numel() and not _close(a, b):
+                worst = max(worst, float((a.double() - b.double()).abs().nan_to_num(0.0).max()))
+    return f"torch's routes disagree by up to {worst:.3g}" if worst else ""
+
+
 def check_one(op: Any, n: int, sample: Any, command: str, engine: str = "func") -> list[Case]:
     """One case per engine in ``engines``, against the same references."""
     return [_check_one(op, n, sample, command, e) for e in ((engine,) if isinstance(engine, str) else engine)]
@@ -220,20 +236,21 @@ def _check_one(op: Any, n: int, sample: Any, command: str, engine: str) -> Case:
         # --engine func gives torch.func's answer, and fails where torch.func fails
         if not [r for e, r in refs if e == engine]:
             return Case(op_id(op), n, f"{command}/{engine}", "agree-fail", str(exc)[:120])
-        return Case(op_id(op), n, f"{command}/{engine}", "refused", f"exit {int(exc.exit_code)}: {str(exc)[:160]}")
+        detail = f"exit {int(exc.exit_code)}: {str(exc)[:160]}"
+        return Case(op_id(op), n, f"{command}/{engine}", "refused", detail)
     except Exception as exc:  # an internal error: exit 70 from the CLI
         return Case(op_id(op), n, f"{command}/{engine}", "error", f"{type(exc).__name__}: {str(exc)[:160]}")
     if not refs:
-        return Case(op_id(op), n, f"{command}/{engine}", "pass", "jac answers where torch's references all fail")
+        return Case(op_id(op), n, f"{command}/{engine}", "pass", "jac answers where torch's all fail")
     refs = [r for _, r in refs]
     for ref in refs:
         if len(ref) == len(got) and all(_close(a, b) for a, b in zip(got, ref)):
-            return Case(op_id(op), n, f"{command}/{engine}", "pass")
-    worst = max(
-        (float((a.double() - b.double()).abs().nan_to_num(1e300).max()) if a.shape == b.shape and a.numel() else -1)
-        for ref in refs[:1]
-        for a, b in zip(got, ref)
-    ) if refs[0] and len(refs[0]) == len(got) else -1
+            return Case(op_id(op), n, f"{command}/{engine}", "pass", _disagreement(refs))
+    worst = -1.0
+    if refs[0] and len(refs[0]) == len(got):
+        for a, b in zip(got, refs[0]):
+            if a.shape == b.shape and a.numel():
+                worst = max(worst, float((a.double() - b.double()).abs().nan_to_num(1e300).max()))
     return Case(op_id(op), n, f"{command}/{engine}", "mismatch", f"max abs diff vs torch.func {worst:.3g}")
 
 
@@ -281,7 +298,11 @@ def main(argv: list[str]) -> int:
     for i, op in enumerate(ops):
         with contextlib.redirect_stderr(io.StringIO()):
             sweep([op], tally=tally)
-        bad = [c for c in tally.cases if c.op == op_id(op) and c.status in ("mismatch", "error", "refused")]
+        bad = [
+            c
+            for c in tally.cases
+            if c.op == op_id(op) and (c.status in ("mismatch", "error", "refused") or "disagree" in c.detail)
+        ]
         for c in bad:
             print(f"{c.status:9} {c.op} sample {c.sample} {c.command}: {c.detail}", flush=True)
         if i % 25 == 0:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 
-import pytest
-
 import opinfo_sweep as sweep
+import pytest
 
 FOUND = [
     "logcumsumexp",

@@ -181,7 +181,8 @@ def test_dropout_module_in_train_mode_cli(workdir):
         import torch
         def model():
             torch.manual_seed(0)
-            return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Dropout(0.5), torch.nn.Linear(6, 3)).double()
+            layers = torch.nn.Linear(4, 6), torch.nn.Dropout(0.5), torch.nn.Linear(6, 3)
+            return torch.nn.Sequential(*layers).double()
         """,
     )
     args = ["-p", "[0.1, 0.2, -0.3, 0.4]", "--dtype", "float64", "--format", "npz", "--seed", "3"]
@@ -243,6 +244,10 @@ def test_nan_every_route_agrees_on_is_kept_and_said():
     assert any("every route tried" in r for r in outcome.timings.remarks), outcome.timings.remarks
 
 
+def slogdet_of_outer(x):
+    return torch.linalg.slogdet(x.reshape(1, 3) * x.reshape(3, 1) + torch.eye(3, dtype=x.dtype))
+
+
 def l1(x):
     return torch.nn.functional.l1_loss(x, torch.zeros_like(x))
 
@@ -251,10 +256,9 @@ def l1(x):
     "command,fn,options,key,want",
     [
         ("vjp", torch.sgn, {"cotangents": [U]}, "vjp.0", lambda: tf.vjp(torch.sgn, X)[1](U)[0]),
-        ("hvp", lambda x: x.abs().sum(), {"tangents": [V]}, "hvp", lambda: torch.zeros(3, dtype=torch.float64)),
+        ("hvp", lambda x: x.abs().sum(), {"tangents": [V]}, "hvp", lambda: torch.zeros(3).double()),
         ("hessian", l1, {}, "hessian", lambda: torch.zeros(3, 3, dtype=torch.float64)),
-        ("jacfwd", lambda x: torch.linalg.slogdet(x.reshape(1, 3) * x.reshape(3, 1) + torch.eye(3, dtype=x.dtype)),
-         {}, "jacobian.0", lambda: torch.zeros(3, dtype=torch.float64)),
+        ("jacfwd", slogdet_of_outer, {}, "jacobian.0", lambda: torch.zeros(3, dtype=torch.float64)),
     ],
     ids=["vjp-sgn", "hvp-abs-sum", "hessian-l1-loss", "jacfwd-slogdet-sign"],
 )
