@@ -32,9 +32,14 @@ def seeded(seed: int | None) -> Iterator[None]:
         return
     import torch
 
-    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    cuda = torch.cuda.is_initialized()
+    devices = [torch.cuda.current_device()] if cuda else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        # what torch.manual_seed does for the streams in use, without its lazy seeding of every
+        # other backend (which records a stack trace each time: milliseconds per call)
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)
         yield
 
 

@@ -108,6 +108,7 @@ class Router:
     options: dict[str, Any]  # tangents, cotangents, argnums, has_aux, chunk_size, randomness
     batch_dim: int | None = None
     commands: tuple[str, ...] = ()  # default: (command,)
+    fallback_commands: tuple[str, ...] = ()  # their routes come last, only when the others fail
     untaxed_first: bool = False
     loop_ok: bool = True
     trial: bool = False
@@ -123,7 +124,7 @@ class Router:
 
     def candidates(self) -> list[tuple[Route, bool]]:
         routes: list[Route] = []
-        for command in self.commands or (self.command,):
+        for command in (*(self.commands or (self.command,)), *self.fallback_commands):
             mine = ROUTES[command]
             if self.engine != "auto":
                 mine = [r for r in mine if r.engine == self.engine][:1]
@@ -307,6 +308,10 @@ class Router:
         return working[pick][1]
 
     def _timed_in_trial(self, route: Route) -> bool:
+        if self.fallback_commands and all(
+            route not in ROUTES[c] for c in self.commands or (self.command,)
+        ):
+            return False  # another mode's route, only for when the planned mode fails
         return not route.last_resort and (not route.loop or self.loop_ok)
 
     def _time(self, kernel: Callable[[], Any]) -> float:

@@ -276,6 +276,7 @@ def _run(request: Request) -> Outcome:
         options,
         batch_dim=batch,
         commands=plan.commands,
+        fallback_commands=plan.fallback,
         untaxed_first=plan.untaxed_first,
         loop_ok=plan.loop_ok,
         trial=plan.trial,
@@ -515,6 +516,7 @@ class Plan:
     untaxed_first: bool  # a one-shot run of --engine auto: avoid routes that import heavily
     loop_ok: bool  # a loop of passes (one per output element) costs less than that import
     trial: bool  # time every route that works and keep the fastest
+    fallback: tuple[str, ...] = ()  # jacobian: the other mode, tried only when this one fails
 
 
 def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums, timings) -> Plan:
@@ -555,7 +557,7 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     reverse = routed == "jacrev"  # forward mode has one route of its own: nothing to choose
     note = f"mode: {_MODE_NAMES[routed]} (--mode auto: {why})"
     other = "jacrev" if routed == "jacfwd" else "jacfwd"  # tried only when this mode fails
-    return Plan((routed, other), note, untaxed_first and reverse, loop_ok, trial and reverse)
+    return Plan((routed,), note, untaxed_first and reverse, loop_ok, trial and reverse, (other,))
 
 
 def _loop_ok(passes: int, call_time: float, fn, primals, batch: int | None) -> bool:
