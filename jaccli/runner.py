@@ -206,7 +206,7 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
 def _run(request: Request) -> Outcome:
     from jaccli import arguments, memory, modules, transforms
     from jaccli.routing import Router, evaluate
-    from jaccli.trust import finite, first_call, profile_note, zero_note
+    from jaccli.trust import finite, first_call, left_graph, profile_note, zero_note
 
     command = request.command
     setup = _setup(request, transforms.COMMANDS)
@@ -327,7 +327,7 @@ def _run(request: Request) -> Outcome:
                 for k, i in layout
             ]
         notes = _notes(layout, rename, results, request.flatten, batch, mode_note)
-        if zero_note(results):
+        if zero_note(results) and batch is None and left_graph(fn, primals, request.has_aux):
             timings.remarks.append(zero_note(results))
 
     if mode_note:

@@ -120,18 +120,34 @@ def materialize(t: Any) -> Any:
     return t
 
 
+def left_graph(fn: Callable[..., Any], primals: Sequence[Any], has_aux: bool) -> bool:
+    """Whether no output of ``fn`` is on the autograd graph of its inputs (one more call: made
+    only when every derivative came out zero, to tell a zero derivative from a cut graph)."""
+    import torch
+
+    try:
+        with torch.enable_grad():
+            inputs = [p.detach().requires_grad_(p.is_floating_point()) for p in primals]
+            result = fn(*inputs)
+            output = result[0] if has_aux else result
+        return not any(getattr(t, "requires_grad", False) for _, t in trees.leaves(output))
+    except Exception:
+        return False
+
+
 def zero_note(results: dict[str, Any]) -> str | None:
-    """A note when every derivative result is exactly zero everywhere (and there is one)."""
+    """A note when every Jacobian or Hessian result is exactly zero everywhere (and there is one).
+    Not for jvp, vjp or hvp: a zero tangent or cotangent gives zeros rightly."""
     import numpy as np
 
     arrays = [
         a
         for k, a in results.items()
-        if k.split(".")[0] in DERIVATIVE_KEYS and isinstance(a, np.ndarray) and a.size
+        if k.split(".")[0] in ("jacobian", "hessian") and isinstance(a, np.ndarray) and a.size
     ]
     if not arrays or any(np.any(a != 0) for a in arrays):
         return None
     return (
-        "every derivative is exactly zero: if that is unexpected, the function may have left the "
-        "autograd graph (.detach(), .item(), numpy, torch.no_grad); `jac check` or --strict tells"
+        "every derivative is exactly zero and the output is off the autograd graph: the function "
+        "may have left it (.detach(), .item(), numpy, torch.no_grad); `jac check` or --strict tells"
     )
