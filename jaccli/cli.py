@@ -118,7 +118,7 @@ def _execute(command: str, options: dict[str, Any]) -> None:
         return
     from jaccli.render import non_finite_line, render_timings, warn_non_finite
 
-    for note in outcome.timings.notes:
+    for note in outcome.timings.notes + outcome.timings.remarks:
         click.echo(f"jac: note: {command} {note}", err=True)
     warn_non_finite(sys.stderr, outcome.results)
     keys = list(outcome.results)
@@ -488,7 +488,9 @@ def check(**options: Any) -> int:
 @click.option("--hessian", is_flag=True, help="The pattern of the Hessian (a one-element output) instead.")
 @engine_options
 @inputs_and_device
-@click.option("-o", "--out", metavar="P.npz", help="Write the pattern and its colourings (scipy.sparse .npz).")
+@click.option(
+    "-o", "--out", metavar="P.npz", help="Write the pattern and its colourings (scipy.sparse .npz)."
+)
 @click.option(
     "--format",
     "fmt",

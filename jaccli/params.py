@@ -266,9 +266,11 @@ argnums_option = click.option(
 randomness_option = click.option(
     "--randomness",
     type=click.Choice(["error", "different", "same"]),
-    default="error",
+    default="same",
     show_default=True,
-    help="How random operations behave under vmap (torch.func's meaning).",
+    help="How random operations behave under vmap (torch.func's meaning). jac runs the function on "
+    "one random stream seeded by --seed, so 'same' gives every evaluation the same draws; 'different' "
+    "draws anew per row; 'error' refuses random operations under vmap.",
 )
 chunk_size_option = click.option(
     "--chunk-size",

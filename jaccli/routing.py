@@ -87,6 +87,7 @@ _WHY = {
     "vmap": "vmap cannot batch the function",
     "functorch": "torch.func cannot transform the function",
     "missing": "a derivative formula is missing",
+    "internal": "PyTorch failed inside its own machinery on this route",
 }
 
 
@@ -107,6 +108,7 @@ class Router:
     options: dict[str, Any]  # tangents, cotangents, argnums, has_aux, chunk_size, randomness
     batch_dim: int | None = None
     commands: tuple[str, ...] = ()  # default: (command,)
+    fallback_commands: tuple[str, ...] = ()  # their routes come last, only when the others fail
     untaxed_first: bool = False
     loop_ok: bool = True
     trial: bool = False
@@ -115,10 +117,14 @@ class Router:
     fallbacks: list[str] = field(default_factory=list)
     timed: dict[str, float] = field(default_factory=dict)  # trial: route label -> best seconds
     kernel: Callable[[], dict[str, Any]] | None = None  # the chosen route, stripped (jaccli.kernels)
+    # the function's output is free of NaN and infinity: a derivative that is not, from one
+    # route, is checked against the next (jaccli.trust)
+    output_finite: bool = True
+    remarks: list[str] = field(default_factory=list)  # what the routes agreed on (not a fallback)
 
     def candidates(self) -> list[tuple[Route, bool]]:
         routes: list[Route] = []
-        for command in self.commands or (self.command,):
+        for command in (*(self.commands or (self.command,)), *self.fallback_commands):
             mine = ROUTES[command]
             if self.engine != "auto":
                 mine = [r for r in mine if r.engine == self.engine][:1]
@@ -146,15 +152,96 @@ class Router:
             return self._trial()
         failures: list[str] = []
         candidates = self.candidates()
-        for n, candidate in enumerate(candidates):
-            result = self._attempt(candidate, failures, last=n == len(candidates) - 1)
+        suspect: list[tuple[tuple[Route, bool], dict[str, Any]]] = []  # gave NaN/Inf (see _suspect)
+        first_error: FunctionError | None = None
+        spares = self._spares(candidates)  # tried only after a NaN (--engine func or autograd)
+        n = -1
+        while n + 1 < len(candidates):
+            n += 1
+            candidate = candidates[n]
+            if suspect and not self._worth_a_retry(candidate[0]):
+                continue
+            rest = candidates[n + 1 :] + spares
+            try:
+                result = self._attempt(candidate, failures, last=n == len(candidates) - 1 and not suspect)
+            except FunctionError as exc:
+                if not (suspect or self._may_avoid(candidate, rest, exc)):
+                    raise exc if first_error is None else first_error  # noqa: B904 (its own cause)
+                first_error = first_error or exc
+                failures.append(f"{self._label(*candidate)}: {exc}")
+                continue
             if result is FAILED:
                 continue
-            self.chosen = candidate
-            self.kernel = self._prepare(candidate, result)
-            self._note_fallback(failures)
-            return result
+            if self._suspect(result):
+                suspect.append((candidate, result))
+                if any(self._worth_a_retry(c[0]) for c in rest):
+                    candidates, spares = candidates + spares, []
+                    continue
+                return self._keep(*suspect[0], failures, suspect)
+            return self._keep(candidate, result, failures, suspect)
+        if suspect:
+            return self._keep(*suspect[0], failures, suspect)
+        if first_error is not None:
+            raise first_error
         raise AssertionError("no candidate routes")  # ROUTES always has one
+
+    def _spares(self, candidates: list[tuple[Route, bool]]) -> list[tuple[Route, bool]]:
+        """Under --engine func or autograd: that engine's other routes, for a NaN check only."""
+        if self.engine == "auto" or self.batch_dim is not None:
+            return []
+        routes = [r for c in self.commands or (self.command,) for r in ROUTES[c] if r.engine == self.engine]
+        taken = {c[0] for c in candidates}
+        return [(r, False) for r in routes if r not in taken and self._worth_a_retry(r)]
+
+    def _keep(self, candidate, result, failures: list[str], suspect: list) -> dict[str, Any]:
+        self.chosen = candidate
+        self.kernel = self._prepare(candidate, result)
+        self._note_fallback(failures)
+        self._note_suspect(suspect)
+        return result
+
+    def _may_avoid(
+        self, candidate: tuple[Route, bool], rest: Sequence[tuple[Route, bool]], exc: Exception
+    ) -> bool:
+        """Whether a route still to try may avoid what failed in this one, though the failure does
+        not say so (the function ran on its own, in the first call):
+
+        - jac jacobian: a route of the other mode (forward, reverse), e.g. past a random op under vmap;
+        - a torch.func route, when torch.autograd's are still to try: vmap and functorch can fail
+          inside PyTorch's own batching rules (masked_select's backward under vmap) where a plain
+          pass does not. Not past ``--randomness error``: that refusal is asked for.
+        """
+        if self.command == "jacobian":
+            forward = candidate[0].command == "jacfwd"
+            if any((r.command == "jacfwd") != forward for r, _ in rest):
+                return True
+        if "randomness" in str(exc).lower():
+            return False
+        return candidate[0].engine == "func" and any(r.engine == "autograd" for r, _ in rest)
+
+    def _suspect(self, result: dict[str, Any]) -> bool:
+        """A derivative with NaN or infinity where the function's output has none: a trick route
+        (the double-backward trick at a zero cotangent) can give that where others do not."""
+        from jaccli.trust import non_finite
+
+        return self.output_finite and non_finite(result)
+
+    def _worth_a_retry(self, route: Route) -> bool:
+        return not route.loop or self.loop_ok
+
+    def _note_suspect(self, suspect: list) -> None:
+        if not suspect:
+            return
+        tried = ", ".join(self._label(*c) for c, _ in suspect)
+        if self.chosen == suspect[0][0]:
+            self.remarks.append(
+                f"gives NaN or infinity where the function's output is finite, by every route tried ({tried})"
+            )
+        else:
+            self.fallbacks.append(
+                f"answered by {self.label}: {tried} gave NaN or infinity where the function's output "
+                "is finite"
+            )
 
     def _attempt(self, candidate: tuple[Route, bool], failures: list[str], last: bool) -> Any:
         route = candidate[0]
@@ -171,14 +258,34 @@ class Router:
         failures: list[str] = []
         primary_failed = False  # the command's own route (its torch.func transform, under auto)
         working: list[tuple[tuple[Route, bool], dict[str, Any]]] = []
+        first_error: FunctionError | None = None
         for n, candidate in enumerate(ordered):
-            if working and not self._timed_in_trial(candidate[0]):
+            finite = [w for w in working if not self._suspect(w[1])]
+            if finite and not self._timed_in_trial(candidate[0]):
                 break
-            result = self._attempt(candidate, failures, last=n == len(ordered) - 1 and not working)
+            if working and not finite and not self._worth_a_retry(candidate[0]):
+                continue
+            try:
+                result = self._attempt(candidate, failures, last=n == len(ordered) - 1 and not working)
+            except FunctionError as exc:
+                # one mode failed where another route still may not: jac jacobian's modes, or
+                # any route once another has worked (the function itself ran there)
+                if not (working or self._may_avoid(candidate, ordered[n + 1 :], exc)):
+                    raise exc if first_error is None else first_error  # noqa: B904 (its own cause)
+                first_error = first_error or exc
+                failures.append(f"{self._label(*candidate)}: {exc}")
+                result = FAILED
             if result is not FAILED:
                 working.append((candidate, result))
             elif candidate[0] == candidates[0][0]:
                 primary_failed = True
+        if not working:
+            raise first_error or AssertionError("no working route")
+        suspect = [w for w in working if self._suspect(w[1])]
+        if suspect and len(suspect) < len(working):
+            working = [w for w in working if not self._suspect(w[1])]
+        else:
+            suspect = []
         # Steady-state kernels pass cotangents as grad_outputs, whose shape check first imports
         # sympy: load it now, outside the timed runs (jaccli.kernels).
         import torch.fx.experimental.symbolic_shapes  # noqa: F401
@@ -195,11 +302,16 @@ class Router:
             self.timed = {self._label(*c): t for (c, _), t in zip(working, best)}
         pick = min(range(len(working)), key=best.__getitem__)
         self.chosen, self.kernel = working[pick][0], kernels[pick]
-        if primary_failed:  # the others are candidates explored, not fallbacks: no note for them
+        if primary_failed or first_error is not None:  # else: candidates explored, not fallbacks
             self._note_fallback(failures)
+        self._note_suspect(suspect)
         return working[pick][1]
 
     def _timed_in_trial(self, route: Route) -> bool:
+        if self.fallback_commands and all(
+            route not in ROUTES[c] for c in self.commands or (self.command,)
+        ):
+            return False  # another mode's route, only for when the planned mode fails
         return not route.last_resort and (not route.loop or self.loop_ok)
 
     def _time(self, kernel: Callable[[], Any]) -> float:

@@ -44,7 +44,7 @@ class Request:
     argnums: int | tuple[int, ...] = 0
     has_aux: bool = False
     chunk_size: int | None = None
-    randomness: str = "error"
+    randomness: str = "same"  # every evaluation runs on one seeded stream (README, "Randomness")
     strict: bool = False
     dtype: str | None = None
     device: str = "cpu"
@@ -163,6 +163,8 @@ class Setup:
     timings: Timings
     rng: Any
     tangent_sources: list = field(default_factory=list)  # as read, for --directions (linalg.directions)
+    state: list = field(default_factory=list)  # tensors fn reads but is not given (jaccli.trust)
+    profile: Any = None  # what the first call showed (jaccli.calls.Profile), once _disciplined ran
 
 
 def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
@@ -218,14 +220,33 @@ def _setup(request: Request, commands: tuple[str, ...]) -> Setup:
         tangents = arguments.tangent_tensors(
             tangent_sources, primals, rng, names, request.command, request.batch_dim
         )
+    from jaccli.trust import state_of
+
+    state = state_of(module, inputs if names is not None else ())
     return Setup(
-        fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng, tangent_sources
+        fn, primals, names, argnums, tangents, cotangent_sources, device, timings, rng, tangent_sources, state
     )
+
+
+def _disciplined(setup: Setup, request: Request) -> Setup:
+    """``setup`` with its function profiled by one first call (jaccli.calls) and wrapped, so that
+    every later call sees the inputs the user gave and the ``--seed``-ed random stream. For the
+    commands that make their own first call without the router's (check, --directions,
+    spectrum, --sparse); a plain function comes back unwrapped."""
+    from jaccli import calls, transforms
+
+    fn, primals = setup.fn, setup.primals
+    with setup.timings.phase("function, first call"):
+        _, how = transforms.guarded(
+            lambda: calls.profile(fn, primals, request.seed, setup.state), "the function"
+        )
+    return replace(setup, fn=calls.disciplined(fn, how, request.seed, setup.state), profile=how)
 
 
 def _run(request: Request) -> Outcome:
     from jaccli import arguments, memory, modules, transforms
     from jaccli.routing import Router, evaluate
+    from jaccli.trust import finite, first_call, left_graph, profile_note, zero_note
 
     command = request.command
     if request.n_directions is not None:  # many tangents or cotangents at once: jaccli.linalg.directions
@@ -237,9 +258,16 @@ def _run(request: Request) -> Outcome:
     tangents, timings, rng = setup.tangents, setup.timings, setup.rng
     batch = request.batch_dim
     with timings.phase("function, first call"):
-        output, aux = transforms.call_function(
-            lambda *p: evaluate(fn, p, batch, request.engine), primals, request.has_aux
+        # profiled (jaccli.trust): from here on fn sees fresh inputs and a seeded random stream
+        (output, aux), fn, how = first_call(
+            fn,
+            lambda g: transforms.call_function(
+                lambda *p: evaluate(g, p, batch, request.engine), primals, request.has_aux
+            ),
+            request.seed,
+            setup.state,
         )
+        setup.fn = fn
     sample_output, sample_primals = _per_sample_shapes(output, primals, batch)
     if command in ("hessian", "hvp"):
         _check_scalar(command, sample_output)
@@ -282,6 +310,8 @@ def _run(request: Request) -> Outcome:
         "chunk_size": request.chunk_size,
         "randomness": request.randomness,
     }
+    if profile_note(how):  # in --timings files, not on stderr: nothing is wrong
+        timings.footer["function"] = profile_note(how)
     router = Router(
         command,
         request.engine,
@@ -290,10 +320,12 @@ def _run(request: Request) -> Outcome:
         options,
         batch_dim=batch,
         commands=plan.commands,
+        fallback_commands=plan.fallback,
         untaxed_first=plan.untaxed_first,
         loop_ok=plan.loop_ok,
         trial=plan.trial,
         sync=timings.sync,
+        output_finite=finite(output),
     )
     with timings.phase("first call"):
         if memory_plan.how == memory.CHUNKED:
@@ -305,6 +337,10 @@ def _run(request: Request) -> Outcome:
     choice = _choice(router)
     if choice:
         timings.footer["choice"] = choice
+    if command == "jacobian" and request.mode == "auto" and mode_note and router.chosen:
+        chosen_mode = _MODE_NAMES.get(router.chosen[0].command, "reverse")
+        if not mode_note.startswith(f"mode: {chosen_mode}"):  # the planned mode failed
+            mode_note = f"mode: {chosen_mode} (--mode auto: the other mode failed here, see the note)"
     if mode_note is None and command == "jacobian":  # --mode auto, decided by the trial
         if getattr(router, "chosen", None) is not None:
             name = _MODE_NAMES[router.chosen[0].command]
@@ -314,6 +350,7 @@ def _run(request: Request) -> Outcome:
         why = "the faster route timed on the first call" if choice else "the only mode that works here"
         mode_note = f"mode: {name} (--mode auto, {why})"
     timings.notes.extend(router.fallbacks)
+    timings.remarks.extend(getattr(router, "remarks", []))
     steady, engine = router, router.label
     if request.compile:
         from jaccli.compiled import compile_router
@@ -342,9 +379,12 @@ def _run(request: Request) -> Outcome:
                 for k, i in layout
             ]
         notes = _notes(layout, rename, results, request.flatten, batch, mode_note)
+        if zero_note(results) and batch is None and left_graph(fn, primals, request.has_aux):
+            timings.remarks.append(zero_note(results))
 
     if mode_note:
         timings.footer["mode"] = mode_note
+    getattr(fn, "restore_state", lambda: None)()  # a module's buffers as the user gave them
     _footer(timings, command, engine, setup)
     return Outcome(results, notes, dtypes, timings, {k: a for k, a in axes.items() if k in results})
 
@@ -449,6 +489,7 @@ def _stream(request: Request, setup: Setup, plan: Any, block: Any) -> Outcome:
     timings.footer["memory"] = (
         f"{plan.note(request.out)}; steady-state compute is that one run, not repeated{ranks}"
     )
+    getattr(setup.fn, "restore_state", lambda: None)()
     _footer(timings, request.command, report.label, setup)
     return Outcome({}, {}, {report.key: report.dtype}, timings, streamed=report)
 
@@ -527,6 +568,7 @@ class Plan:
     untaxed_first: bool  # a one-shot run of --engine auto: avoid routes that import heavily
     loop_ok: bool  # a loop of passes (one per output element) costs less than that import
     trial: bool  # time every route that works and keep the fastest
+    fallback: tuple[str, ...] = ()  # jacobian: the other mode, tried only when this one fails
 
 
 def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums, timings) -> Plan:
@@ -545,8 +587,8 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     has_loop = any(route.loop for c in routed for route in ROUTES[c])  # else no need to estimate
     loop_ok = has_loop and _loop_ok(n_in if command == "hessian" else n_out, call_time, fn, primals, batch)
     # Only where every route computes what the command names: jacfwd, hessian and --mode fwd
-    # keep forward mode (and its result dtypes), --randomness (vmap's setting) keeps torch.func.
-    free = command in FREE_ROUTES and request.mode != "fwd" and request.randomness == "error"
+    # keep forward mode (and its result dtypes), --randomness different (vmap's) keeps torch.func.
+    free = command in FREE_ROUTES and request.mode != "fwd" and request.randomness != "different"
     free = free and not request.compile  # --compile traces torch.func's transforms: they go first
     auto = request.engine == "auto" and batch is None and free
     untaxed_first = auto and not request.repeat  # --repeat 0 is one-shot too
@@ -566,7 +608,8 @@ def _plan(request: Request, fn, primals, sample_output, sample_primals, argnums,
     routed = "jacfwd" if picked == "fwd" else "jacrev"
     reverse = routed == "jacrev"  # forward mode has one route of its own: nothing to choose
     note = f"mode: {_MODE_NAMES[routed]} (--mode auto: {why})"
-    return Plan((routed,), note, untaxed_first and reverse, loop_ok, trial and reverse)
+    other = "jacrev" if routed == "jacfwd" else "jacfwd"  # tried only when this mode fails
+    return Plan((routed,), note, untaxed_first and reverse, loop_ok, trial and reverse, (other,))
 
 
 def _loop_ok(passes: int, call_time: float, fn, primals, batch: int | None) -> bool:
@@ -629,8 +672,14 @@ def _sources(values: Sequence[SourceLike], option: str, stdin: Any) -> list:
         if isinstance(value, str):
             sources.append(read_source(value, option, stdin))
         else:
+            if getattr(value, "layout", None) is not None and str(value.layout) != "torch.strided":
+                raise InputError(f"{option}: a {value.layout} tensor; jac takes dense tensors (.to_dense())")
+            dtype = str(getattr(value, "dtype", "")).replace("torch.", "")
+            if dtype == "bfloat16":  # numpy has none: through float32, exactly, and back
+                value = value.float()
             data = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            sources.append([Array(data, f"{option} (array)", dtype=str(data.dtype))])
+            kept = dtype if dtype == "bfloat16" else str(data.dtype)
+            sources.append([Array(data, f"{option} (array)", dtype=kept)])
     return sources
 
 
@@ -640,8 +689,10 @@ def _to_host(value: Any, key: str) -> tuple[Any, str]:
     import torch
 
     if isinstance(value, torch.Tensor):
+        from jaccli.trust import materialize
+
         dtype = str(value.dtype).replace("torch.", "")
-        tensor = value.detach().cpu()
+        tensor = materialize(value.detach()).cpu()
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()  # numpy has no bfloat16
         return tensor.resolve_conj().numpy(), dtype
@@ -713,14 +764,10 @@ def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
 def _check(request: Request) -> CheckOutcome:
     import torch
 
-    from jaccli import calls, check, check_plan, transforms
+    from jaccli import check, check_plan, transforms
 
-    setup = _setup(request, ("check",))
+    setup = _disciplined(_setup(request, ("check",)), request)
     fn, primals, timings = setup.fn, setup.primals, setup.timings
-    with timings.phase("function, first call"):
-        transforms.call_function(fn, primals, request.has_aux)
-        _, how = transforms.guarded(lambda: calls.profile(fn, primals, request.seed), "the function")
-    fn = calls.disciplined(fn, how, request.seed)
     output, _ = transforms.call_function(fn, primals, request.has_aux)
     whole = check_plan.whole_jacobians(request, primals, output)
     dtype = str(primals[0].dtype).replace("torch.", "")
@@ -737,7 +784,7 @@ def _check(request: Request) -> CheckOutcome:
                 full=request.full,
                 names=setup.names,
                 order=request.order,
-                randomness="same" if how.random else "error",
+                randomness="same" if setup.profile.random else "error",
                 whole=whole,
                 nondet_tol=request.nondet_tol,
             ),

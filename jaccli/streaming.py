@@ -38,7 +38,9 @@ def _host(tensor: Any) -> Any:
     """A chunk as a numpy array (bfloat16 written as float32, as whole results are)."""
     import torch
 
-    tensor = tensor.detach()
+    from jaccli.trust import materialize
+
+    tensor = materialize(tensor.detach())
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
     return tensor.cpu().numpy()

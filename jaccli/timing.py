@@ -49,7 +49,8 @@ class Timings:
     sync: Callable[[], None] = lambda: None
     phases: list[Phase] = field(default_factory=list)
     footer: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # fallbacks: another route than the first answered
+    remarks: list[str] = field(default_factory=list)  # what jac noticed about the function (jaccli.trust)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -154,4 +155,4 @@ class Timings:
             else:
                 entry["seconds"] = p.times[0]
             phases.append(entry)
-        return {"phases": phases, **self.footer, "notes": list(self.notes)}
+        return {"phases": phases, **self.footer, "notes": list(self.notes) + list(self.remarks)}

@@ -88,6 +88,10 @@ def check_output(output: Any) -> None:
                 f"{name} is {kind_of(leaf)}; the function must return tensors, or a tuple, list "
                 f"or dict of them{hint}"
             )
+        if leaf.layout != torch.strided:
+            raise FunctionError(
+                f"{name} is a {leaf.layout} tensor; jac differentiates dense outputs (.to_dense())"
+            )
         if not (leaf.is_floating_point() or leaf.is_complex()):
             raise FunctionError(
                 f"{name} is {with_article(str(leaf.dtype).replace('torch.', ''))} tensor; derivatives need "
@@ -145,6 +149,10 @@ def compute_raw(
         tangents = tuple(_ones(p) for p in primals)
     if cotangents is None and command == "vjp":
         cotangents = _ones(func(*primals)[0] if has_aux else func(*primals))
+    if command in ("jacfwd", "jacrev", "hessian", "hessian-rev") and any(
+        primals[a].numel() == 0 for a in (argnums if isinstance(argnums, tuple) else (argnums,))
+    ):
+        engine = "autograd"  # vmap cannot batch over zero elements; the blocks are empty anyway
     if engine == "autograd":
         return _autograd(command, func, primals, tangents, cotangents, argnums, has_aux)
     if engine != "func":
@@ -383,14 +391,20 @@ _FORWARD_MISSING = (
 )
 # torch's vmap errors start "vmap: ..."; a custom autograd.Function without a vmap rule says so
 _VMAP = ("vmap:", "does not have vmap support", "batching rule")
-_NOT_TRANSFORMABLE = ("must override the setup_context",)  # an old-style autograd.Function
+# an old-style autograd.Function; a function changing a tensor it captures (a module's buffer)
+_NOT_TRANSFORMABLE = ("must override the setup_context", "mutate a captured tensor")
+# torch.func's wrapped tensors have no storage for numpy; autograd refuses a tensor that requires grad
+_NUMPY = ("cannot access data pointer", "can't call numpy() on tensor that requires grad")
+# PyTorch failing inside its own machinery on one route (functorch writing into a ZeroTensor)
+_TORCH_INTERNAL = ("zerotensors are immutable",)
 _DOUBLE_BACKWARD = ("derivative for", "double backward", "backward of")
 
 
 def failure_reason(exc: BaseException) -> str | None:
     """Why another route might succeed where this one failed: 'forward' (no forward-mode
     formula), 'vmap' (vmap cannot batch the function), 'functorch' (torch.func cannot transform
-    it at all), 'missing' (no formula for this order), or None: the function's own error."""
+    it at all), 'missing' (no formula for this order), 'internal' (PyTorch failing in its own
+    machinery on this route), or None: the function's own error."""
     text = str(exc).lower()
     if "randomness" in text:
         return None  # a choice for the user (--randomness), not for a fallback
@@ -400,6 +414,8 @@ def failure_reason(exc: BaseException) -> str | None:
         return "vmap"
     if any(marker in text for marker in _NOT_TRANSFORMABLE):
         return "functorch"
+    if any(marker in text for marker in _TORCH_INTERNAL):
+        return "internal"
     if isinstance(exc, NotImplementedError) or (
         "not implemented" in text and any(marker in text for marker in _DOUBLE_BACKWARD)
     ):
@@ -420,7 +436,10 @@ def guarded(fn: Callable[[], Any], what: str) -> Any:
         why = failure_reason(exc)
         hint = ""
         if "randomness" in text and what in ("jacfwd", "jacobian", "hessian"):
-            hint = "; the function draws random numbers: pass --randomness same or different"
+            hint = (
+                "; the function draws random numbers, which --randomness error refuses under vmap: "
+                "use --randomness same (the default) or different"
+            )
         elif why == "forward":
             hint = (
                 "; an operator here has no forward-mode formula: use --engine auto (the default) "
@@ -434,6 +453,11 @@ def guarded(fn: Callable[[], Any], what: str) -> Any:
             )
         elif why == "functorch":
             hint = "; torch.func cannot transform this function: use --engine auto (the default) or autograd"
+        elif any(marker in text for marker in _NUMPY):
+            hint = (
+                "; the function leaves torch through numpy (.numpy(), np.* on a tensor): derivatives "
+                "cannot flow through numpy, keep the computation in torch"
+            )
         raise FunctionError(f"{what} raised {describe(exc)}{hint}") from exc
 
 

@@ -1323,9 +1323,12 @@ def test_chunk_size(feat, workdir, chunk):
 def test_randomness(feat, workdir):
     x = rng(71).standard_normal(5)
     px = save(workdir / "x.npy", x)
-    # torch.func's default refuses random operations under vmap: the function raised (exit 3)
-    run = jac("jacfwd", "jt_feat:noisy_add", "-p", px, *NPZ)
+    # --randomness error (torch.func's default) refuses random operations under vmap (exit 3)
+    run = jac("jacfwd", "jt_feat:noisy_add", "-p", px, "--randomness", "error", *NPZ)
     assert_clean_error(run, 3, "--randomness")
+    # jac's default is 'same': every evaluation runs on one stream seeded by --seed
+    default = npz("jacfwd", "jt_feat:noisy_scale", "-p", px)["jacobian"]
+    exact(default, npz("jacfwd", "jt_feat:noisy_scale", "-p", px, "--randomness", "same")["jacobian"])
     # the Jacobian of x + noise is the identity whatever the noise
     for mode in ("same", "different"):
         res = npz("jacfwd", "jt_feat:noisy_add", "-p", px, "--randomness", mode)

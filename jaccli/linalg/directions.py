@@ -102,11 +102,11 @@ def run_directions(request: Any) -> Any:
 
     from jaccli import arguments, modules, transforms
     from jaccli.routing import evaluate
-    from jaccli.runner import Outcome, _footer, _setup, _to_host
+    from jaccli.runner import Outcome, _disciplined, _footer, _setup, _to_host
 
     check_request(request)
     command, k, batch = request.command, request.n_directions, request.batch_dim
-    setup = _setup(request, ("jvp", "vjp"))
+    setup = _disciplined(_setup(request, ("jvp", "vjp")), request)
     fn, primals, names, timings, rng = setup.fn, setup.primals, setup.names, setup.timings, setup.rng
     with timings.phase("function, first call"):
         output, aux = transforms.call_function(

@@ -372,9 +372,9 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
 
     from jaccli import transforms
     from jaccli.linalg.operators import HessianOperator, JacobianOperator
-    from jaccli.runner import _setup
+    from jaccli.runner import _disciplined, _setup
 
-    setup = _setup(request, ("spectrum",))
+    setup = _disciplined(_setup(request, ("spectrum",)), request)
     fn, primals, timings, batch = setup.fn, setup.primals, setup.timings, request.batch_dim
     wrt = setup.argnums if isinstance(setup.argnums, tuple) else (setup.argnums,)
     samples = (

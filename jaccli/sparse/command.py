@@ -57,9 +57,9 @@ def _problem(request: Any, commands: tuple[str, ...]) -> Problem:
 
     from jaccli import transforms
     from jaccli.routing import evaluate
-    from jaccli.runner import _check_scalar, _per_sample_shapes, _setup
+    from jaccli.runner import _check_scalar, _disciplined, _per_sample_shapes, _setup
 
-    setup = _setup(request, commands)
+    setup = _disciplined(_setup(request, commands), request)
     fn, primals, timings = setup.fn, setup.primals, setup.timings
     batch = request.batch_dim
     with timings.phase("function, first call"):
