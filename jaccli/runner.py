@@ -235,7 +235,9 @@ def _disciplined(setup: Setup, request: Request) -> Setup:
     spectrum, --sparse); a plain function comes back unwrapped."""
     from jaccli import calls, transforms
 
-    fn, primals = setup.fn, setup.primals
+    fn, primals, batch = setup.fn, setup.primals, request.batch_dim
+    if batch is not None:  # the function sees one sample at a time
+        primals = [p.select(batch, 0) for p in primals]
     with setup.timings.phase("function, first call"):
         _, how = transforms.guarded(
             lambda: calls.profile(fn, primals, request.seed, setup.state), "the function"

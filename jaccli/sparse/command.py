@@ -33,8 +33,8 @@ def _validate(request: Any, commands: tuple[str, ...]) -> None:
         raise InputError("--sparse differentiates inputs only; leave out --wrt params")
     if request.plot is not None:
         raise InputError("--plot draws dense Jacobians; with --sparse, load J.npz and use matplotlib's spy")
-    if request.randomness != "error":
-        raise InputError("--sparse needs a deterministic function; leave out --randomness")
+    if request.randomness == "different":
+        raise InputError("--sparse needs a deterministic function; leave out --randomness different")
     from jaccli import distributed
 
     if distributed.launched():
@@ -60,6 +60,8 @@ def _problem(request: Any, commands: tuple[str, ...]) -> Problem:
     from jaccli.runner import _check_scalar, _disciplined, _per_sample_shapes, _setup
 
     setup = _disciplined(_setup(request, commands), request)
+    if setup.profile.random:
+        raise InputError("--sparse needs a deterministic function; this one draws random numbers")
     fn, primals, timings = setup.fn, setup.primals, setup.timings
     batch = request.batch_dim
     with timings.phase("function, first call"):
