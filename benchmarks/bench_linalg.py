@@ -40,9 +40,9 @@ def _process(*args: str) -> float:
 
 
 def section_directions(quick: bool) -> list[dict]:
+    import bench_functions
     import torch
 
-    import bench_functions
     from jaccli import Request, run
 
     k, samples, rounds, repeat = 64, (2 if quick else 4), (2 if quick else 3), (20 if quick else 50)
@@ -56,7 +56,9 @@ def section_directions(quick: bool) -> list[dict]:
             np.save(f"{tmp}/t{i}.npy", t[i])
         single, many = [], []
         for _ in range(rounds):
-            many.append(_process("jvp", MLP, "-p", f"{tmp}/x.npy", "-t", f"{tmp}/t.npy", "--directions", "64", "-q"))
+            many.append(
+                _process("jvp", MLP, "-p", f"{tmp}/x.npy", "-t", f"{tmp}/t.npy", "--directions", "64", "-q")
+            )
             for i in range(samples):
                 single.append(_process("jvp", MLP, "-p", f"{tmp}/x.npy", "-t", f"{tmp}/t{i}.npy", "-q"))
         rows.append(
@@ -107,7 +109,9 @@ def section_directions(quick: bool) -> list[dict]:
                 "case": "torch.func.vmap(jvp) direct, steady state",
                 "jac --directions 64": _fmt(statistics.median(theirs)),
                 "one jac jvp": "",
-                "64 runs / one run (median)": f"jac / direct {statistics.median(ours) / statistics.median(theirs):.3f}",
+                "64 runs / one run (median)": (
+                    f"jac / direct {statistics.median(ours) / statistics.median(theirs):.3f}"
+                ),
                 "target": "<= 1.2",
             }
         )
@@ -115,9 +119,9 @@ def section_directions(quick: bool) -> list[dict]:
 
 
 def section_spectrum(quick: bool) -> list[dict]:
+    import bench_functions
     import torch
 
-    import bench_functions
     from jaccli import Request
     from jaccli.linalg.spectrum import run_spectrum
 

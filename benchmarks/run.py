@@ -44,8 +44,8 @@ import bench_engines  # noqa: E402
 import bench_functions  # noqa: E402
 import bench_linalg  # noqa: E402
 import bench_scale  # noqa: E402
-import bench_sparse  # noqa: E402
 import bench_serve  # noqa: E402
+import bench_sparse  # noqa: E402
 
 
 def steady(command: str, func, x, mode: str, repeat: int, batch_dim=None) -> tuple[float, str]:

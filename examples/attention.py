@@ -1,7 +1,7 @@
 """Softmax attention through torch's fused kernel, which has no forward-mode formula on the CPU.
 
-    jac jvp examples/attention.py:block -p randn:4,8 -t randn     # falls back, and says so
-    jac jacobian examples/attention.py:block -p randn:4,8 --engine func --mode rev
+jac jvp examples/attention.py:block -p randn:4,8 -t randn     # falls back, and says so
+jac jacobian examples/attention.py:block -p randn:4,8 --engine func --mode rev
 """
 
 import torch

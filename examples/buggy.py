@@ -1,7 +1,7 @@
 """A custom layer with a planted bug in its backward, for `jac check` to find.
 
-    jac check examples/buggy.py:layer -p randn:5      # exit 1: reverse mode disagrees
-    jac check examples/buggy.py:fixed -p randn:5      # exit 0
+jac check examples/buggy.py:layer -p randn:5      # exit 1: reverse mode disagrees
+jac check examples/buggy.py:fixed -p randn:5      # exit 0
 """
 
 import torch

@@ -1,7 +1,7 @@
 """A small tanh MLP, 4 -> 8 -> 2, built by a factory with fixed weights.
 
-    jac jacrev examples/mlp.py:model() -p randn:4
-    jac vjp examples/mlp.py:model() -p examples/mlp_x.npy -u ones
+jac jacrev examples/mlp.py:model() -p randn:4
+jac vjp examples/mlp.py:model() -p examples/mlp_x.npy -u ones
 """
 
 import torch

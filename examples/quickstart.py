@@ -1,8 +1,8 @@
 """The quickstart: a map from 3x2 matrices to 3-vectors, and a scalar loss.
 
-    jac jvp examples/quickstart.py:f -p examples/x.npy -t examples/v.npy
-    jac jacrev examples/quickstart.py:f -p examples/x.npy
-    jac vjp examples/quickstart.py:loss -p examples/x.yaml
+jac jvp examples/quickstart.py:f -p examples/x.npy -t examples/v.npy
+jac jacrev examples/quickstart.py:f -p examples/x.npy
+jac vjp examples/quickstart.py:loss -p examples/x.yaml
 """
 
 import torch

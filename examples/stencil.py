@@ -1,8 +1,8 @@
 """A smoothing step on a ring of values: a banded Jacobian, good for looking at.
 
-    jac jacobian examples/stencil.py:smooth -p randn:12           # a heatmap in the terminal
-    jac jacobian examples/stencil.py:smooth -p randn:200          # a summary
-    jac jacobian examples/stencil.py:smooth -p randn:12 --plot J.png
+jac jacobian examples/stencil.py:smooth -p randn:12           # a heatmap in the terminal
+jac jacobian examples/stencil.py:smooth -p randn:200          # a summary
+jac jacobian examples/stencil.py:smooth -p randn:12 --plot J.png
 """
 
 import torch

@@ -1,7 +1,7 @@
 """A function of two inputs with a dict output, and a keyword argument.
 
-    jac vjp examples/two_inputs.py:f -p examples/xy.npz -u examples/u.yaml
-    jac jacrev examples/two_inputs.py:f -p examples/xy.npz --argnums 0,1 --kwarg scale=2.0
+jac vjp examples/two_inputs.py:f -p examples/xy.npz -u examples/u.yaml
+jac jacrev examples/two_inputs.py:f -p examples/xy.npz --argnums 0,1 --kwarg scale=2.0
 """
 
 import torch

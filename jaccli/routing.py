@@ -308,9 +308,7 @@ class Router:
         return working[pick][1]
 
     def _timed_in_trial(self, route: Route) -> bool:
-        if self.fallback_commands and all(
-            route not in ROUTES[c] for c in self.commands or (self.command,)
-        ):
+        if self.fallback_commands and all(route not in ROUTES[c] for c in self.commands or (self.command,)):
             return False  # another mode's route, only for when the planned mode fails
         return not route.last_resort and (not route.loop or self.loop_ok)
 

@@ -35,11 +35,7 @@ SEED = 0
 def operators() -> list:
     from torch.testing._internal.common_methods_invocations import op_db
 
-    return [
-        op
-        for op in op_db
-        if op.supports_autograd and torch.float64 in op.supported_dtypes("cpu")
-    ]
+    return [op for op in op_db if op.supports_autograd and torch.float64 in op.supported_dtypes("cpu")]
 
 
 def op_id(op: Any) -> str:
@@ -137,6 +133,7 @@ def references(command: str, f: Callable, x: Any, v: Any, us: list) -> list[tupl
     import torch.func as tf
 
     f = _seeded(f)
+
     def s(x):
         return sum(t.sum() for t in _leaves(f(x)))
 
@@ -197,8 +194,14 @@ def jac_answer(command: str, f: Callable, x: Any, v: Any, us: list, engine: str)
         engine=engine,
     )
     results = run(request).results
-    key = {"jvp": "jvp", "vjp": "vjp", "jacfwd": "jacobian", "jacrev": "jacobian", "hessian": "hessian",
-           "hvp": "hvp"}[command]
+    key = {
+        "jvp": "jvp",
+        "vjp": "vjp",
+        "jacfwd": "jacobian",
+        "jacrev": "jacobian",
+        "hessian": "hessian",
+        "hvp": "hvp",
+    }[command]
     return [torch.from_numpy(a) for k, a in results.items() if k.split(".")[0] == key]
 
 

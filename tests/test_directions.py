@@ -54,6 +54,7 @@ def test_jvp_directions_equal_single_runs_with_several_primals(workdir):
         one = _single("jvp", "layer:f", "-p", "x.npy", "-p", "y.npy", "-t", "tx.npy", "-t", "ty.npy")
         np.testing.assert_allclose(got["jvp"][i], one["jvp"], rtol=1e-13, atol=1e-15)
         np.testing.assert_array_equal(got["output"], one["output"])
+
     def f(a, b):
         w = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
         return torch.tanh(w @ a) * b.sum() + b[:3] ** 2

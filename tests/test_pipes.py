@@ -51,7 +51,10 @@ def _shell(command: str, cwd: Path) -> tuple[int, bytes]:
     """Run a shell pipeline (bash, pipefail): its status and jac's standard error."""
     err = cwd / "stderr.txt"
     proc = subprocess.run(
-        ["bash", "-c", f"set -o pipefail; {{ {command}; }} 2>{err}"], cwd=cwd, env=os.environ.copy(), timeout=300
+        ["bash", "-c", f"set -o pipefail; {{ {command}; }} 2>{err}"],
+        cwd=cwd,
+        env=os.environ.copy(),
+        timeout=300,
     )
     return proc.returncode, err.read_bytes()
 
