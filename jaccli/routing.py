@@ -459,8 +459,15 @@ def _jvp_by_reverse(
     return result
 
 
-def evaluate(func: Callable[..., Any], primals: Sequence[Any], batch_dim: int | None, engine: str) -> Any:
-    """``func(*primals)``, per sample along ``batch_dim`` when given (vmap, else a loop)."""
+def evaluate(
+    func: Callable[..., Any],
+    primals: Sequence[Any],
+    batch_dim: int | None,
+    engine: str,
+    randomness: str = "same",
+) -> Any:
+    """``func(*primals)``, per sample along ``batch_dim`` when given (vmap, else a loop); random
+    draws under vmap follow ``randomness`` (--randomness), as the derivatives' do."""
     if batch_dim is None:
         return func(*primals)
 
@@ -469,7 +476,7 @@ def evaluate(func: Callable[..., Any], primals: Sequence[Any], batch_dim: int | 
 
     if engine != "autograd":
         try:
-            return per_sample(one, primals, {}, batch_dim, loop=False)["value"]
+            return per_sample(one, primals, {"randomness": randomness}, batch_dim, loop=False)["value"]
         except Exception as exc:
             if engine == "func" or failure_reason(exc) is None:
                 raise

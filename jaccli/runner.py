@@ -264,7 +264,7 @@ def _run(request: Request) -> Outcome:
         (output, aux), fn, how = first_call(
             fn,
             lambda g: transforms.call_function(
-                lambda *p: evaluate(g, p, batch, request.engine), primals, request.has_aux
+                lambda *p: evaluate(g, p, batch, request.engine, request.randomness), primals, request.has_aux
             ),
             request.seed,
             setup.state,
@@ -362,7 +362,7 @@ def _run(request: Request) -> Outcome:
     timings.series("steady-state compute", steady, request.repeat, request.warmup, per_run_s=first)
     timings.series(
         "function alone",
-        lambda: evaluate(fn, primals, batch, request.engine),
+        lambda: evaluate(fn, primals, batch, request.engine, request.randomness),
         request.repeat,
         request.warmup,
         per_run_s=timings.get("function, first call").times[0],  # timed only if cheap (timing.py)
@@ -482,7 +482,7 @@ def _stream(request: Request, setup: Setup, plan: Any, block: Any) -> Outcome:
     timings.phases.append(Phase("steady-state compute", [report.compute_s], is_series=True))
     timings.series(
         "function alone",
-        lambda: evaluate(setup.fn, setup.primals, None, request.engine),
+        lambda: evaluate(setup.fn, setup.primals, None, request.engine, request.randomness),
         request.repeat,
         request.warmup,
     )

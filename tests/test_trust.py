@@ -187,6 +187,28 @@ def test_dropout_matches_torch_func_on_the_seeded_function(command, engine):
     assert 0 < kept < x.numel()  # a real mask, neither all kept nor all dropped
 
 
+@pytest.mark.parametrize("engine", ["auto", "func", "autograd"])
+@pytest.mark.parametrize("command", ["vjp", "jacrev", "jacobian"])
+def test_dropout_per_sample_under_batch_dim(command, engine):
+    """--batch-dim with a random function: every sample sees the seeded stream's one mask, as a
+    seeded single-sample call does (vmap's randomness 'same'), instead of vmap's refusal."""
+    x = torch.linspace(0.5, 2.0, 24, dtype=torch.float64).reshape(3, 8)
+    u = torch.full_like(x, 0.5)
+    options = {"cotangents": [u]} if command == "vjp" else {}
+    outcome = results(command, dropped, [x], engine=engine, seed=7, batch_dim=0, **options)
+    g = seeded(dropped, 7)
+    for b in range(3):
+        if command == "vjp":
+            out, pull = tf.vjp(g, x[b])
+            want, key = pull(u[b])[0], "vjp.0"
+            np.testing.assert_allclose(outcome.results["output"][b], out.numpy(), rtol=1e-12)
+        else:
+            want, key = tf.jacrev(g)(x[b]), "jacobian"
+        np.testing.assert_allclose(outcome.results[key][b], want.numpy(), rtol=1e-12)
+    kept = int((g(x[0]) != 0).sum())
+    assert 0 < kept < 8  # a real mask, neither all kept nor all dropped
+
+
 def test_dropout_module_in_train_mode_cli(workdir):
     write_module(
         workdir,

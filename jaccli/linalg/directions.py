@@ -110,7 +110,7 @@ def run_directions(request: Any) -> Any:
     fn, primals, names, timings, rng = setup.fn, setup.primals, setup.names, setup.timings, setup.rng
     with timings.phase("function, first call"):
         output, aux = transforms.call_function(
-            lambda *p: evaluate(fn, p, batch, request.engine), primals, request.has_aux
+            lambda *p: evaluate(fn, p, batch, request.engine, request.randomness), primals, request.has_aux
         )
     if command == "jvp":
         sources = setup.tangent_sources
@@ -153,7 +153,10 @@ def run_directions(request: Any) -> Any:
     first = timings.get("first call").times[0]
     timings.series("steady-state compute", compute.run, request.repeat, request.warmup, per_run_s=first)
     timings.series(
-        "function alone", lambda: evaluate(fn, primals, batch, request.engine), request.repeat, request.warmup
+        "function alone",
+        lambda: evaluate(fn, primals, batch, request.engine, request.randomness),
+        request.repeat,
+        request.warmup,
     )
     with timings.phase("move to host"):
         whole = {"output": output, command: tree}

@@ -66,7 +66,7 @@ def _problem(request: Any, commands: tuple[str, ...]) -> Problem:
     batch = request.batch_dim
     with timings.phase("function, first call"):
         output, _ = transforms.call_function(
-            lambda *p: evaluate(fn, p, batch, request.engine), primals, False
+            lambda *p: evaluate(fn, p, batch, request.engine, request.randomness), primals, False
         )
     sample_output, _ = _per_sample_shapes(output, primals, batch)
     if request.command == "hessian" or getattr(request, "_hessian", False):
@@ -279,7 +279,7 @@ def run_sparse(request: Any) -> Any:
     timings.series("steady-state compute", compute, request.repeat, request.warmup, per_run_s=first)
     timings.series(
         "function alone",
-        lambda: evaluate(setup.fn, primals, batch, request.engine),
+        lambda: evaluate(setup.fn, primals, batch, request.engine, request.randomness),
         request.repeat,
         request.warmup,
     )
