@@ -339,7 +339,7 @@ def _run(request: Request) -> Outcome:
     choice = _choice(router)
     if choice:
         timings.footer["choice"] = choice
-    if command == "jacobian" and request.mode == "auto" and mode_note and router.chosen:
+    if command == "jacobian" and request.mode == "auto" and mode_note and getattr(router, "chosen", None):
         chosen_mode = _MODE_NAMES.get(router.chosen[0].command, "reverse")
         if not mode_note.startswith(f"mode: {chosen_mode}"):  # the planned mode failed
             mode_note = f"mode: {chosen_mode} (--mode auto: the other mode failed here, see the note)"

@@ -390,3 +390,25 @@ def test_module_changing_its_buffer_under_engine_func_says_why(workdir):
     assert getattr(caught.value, "exit_code", None) == 3
     assert "captured" in str(caught.value) and "--engine auto" in str(caught.value)
     assert float(module.calls) == 0.0
+
+
+def test_jacobian_mode_auto_in_chunks_names_its_mode(workdir):
+    """--mode auto computed in chunks has no single chosen route: no internal error (fuzz test)."""
+    write_module(workdir, "chunky", "import torch\ndef f(x):\n    return torch.sin(x) * x\n")
+    run_ = jac(
+        "jacobian",
+        "chunky:f",
+        "-p",
+        "[0.5, 1.0, 2.0]",
+        "--max-memory",
+        "100",
+        "--repeat",
+        "0",
+        "--format",
+        "npz",
+    )
+    assert run_.code == 0, run_
+    x = torch.tensor([0.5, 1.0, 2.0])
+    want = tf.jacrev(lambda t: torch.sin(t) * t)(x)
+    np.testing.assert_allclose(run_.npz()["jacobian"], want.numpy(), rtol=1e-6)
+    assert "mode: reverse" in run_.stderr or "mode: forward" in run_.stderr, run_
