@@ -49,6 +49,9 @@ def _reason(exc: BaseException) -> str:
     return describe(exc)
 
 
+_FALLBACKS = {"forward": "torch.autograd.forward_ad", "reverse": "torch.autograd"}
+
+
 class Modes:
     """J·v and Jᵀ·u of ``f`` at ``primals``, by the first engine that works (remembered)."""
 
@@ -57,34 +60,40 @@ class Modes:
         self.primals = tuple(primals)
         self.output = output
         self.randomness = randomness
-        self.forward_engine: str | None = None  # "torch.func" or "torch.autograd.forward_ad"
-        self.reverse_engine: str | None = None  # "torch.func" or "torch.autograd"
-        self.forward_failure: str | None = None
-        self.reverse_failure: str | None = None
+        # per mode ("forward", "reverse"): the engine that ran it, once one has, or why none can
+        self.engine: dict[str, str | None] = {"forward": None, "reverse": None}
+        self.failure: dict[str, str | None] = {"forward": None, "reverse": None}
         self._pullback: Any = None
         self._graph: Any = None
 
-    # ---- forward -------------------------------------------------------------------------------
     def jvp(self, v: Sequence[Any]) -> Any:
         """J·v, flat over the output leaves."""
-        if self.forward_failure is not None:
-            raise Unavailable(self.forward_failure)
-        if self.forward_engine in (None, "torch.func"):
+        return self._first_that_runs("forward", self._func_jvp, self._dual_jvp, v)
+
+    def vjp(self, u: Any) -> Any:
+        """Jᵀ·u for an output-shaped cotangent tree ``u``, flat over the primals."""
+        return self._first_that_runs("reverse", self._func_vjp, self._autograd_vjp, u)
+
+    def _first_that_runs(self, mode: str, by_func: Callable, fallback: Callable, arg: Any) -> Any:
+        """torch.func, else ``fallback``; the first engine that works is kept for later calls."""
+        if self.failure[mode] is not None:
+            raise Unavailable(self.failure[mode])
+        if self.engine[mode] not in (None, "torch.func"):
+            return fallback(arg)
+        try:
+            result = by_func(arg)
+        except Exception as first:  # noqa: BLE001 - try the fallback before judging
+            if self.engine[mode] == "torch.func":
+                raise
             try:
-                result = self._func_jvp(v)
-                self.forward_engine = "torch.func"
-                return result
-            except Exception as first:  # noqa: BLE001 - try forward_ad before judging
-                if self.forward_engine == "torch.func":
-                    raise
-                try:
-                    result = self._dual_jvp(v)
-                except Exception as second:  # noqa: BLE001
-                    self._judge(first, second, "forward")
-                    raise AssertionError("unreachable") from None
-                self.forward_engine = "torch.autograd.forward_ad"
-                return result
-        return self._dual_jvp(v)
+                result = fallback(arg)
+            except Exception as second:  # noqa: BLE001
+                self._judge(first, second, mode)
+                raise AssertionError("unreachable") from None
+            self.engine[mode] = _FALLBACKS[mode]
+            return result
+        self.engine[mode] = "torch.func"
+        return result
 
     def _func_jvp(self, v: Sequence[Any]) -> Any:
         import torch
@@ -103,28 +112,6 @@ class Modes:
                 tangent = fwad.unpack_dual(leaf).tangent
                 parts.append((torch.zeros_like(leaf) if tangent is None else tangent).reshape(-1).clone())
         return torch.cat(parts).detach()
-
-    # ---- reverse -------------------------------------------------------------------------------
-    def vjp(self, u: Any) -> Any:
-        """Jᵀ·u for an output-shaped cotangent tree ``u``, flat over the primals."""
-        if self.reverse_failure is not None:
-            raise Unavailable(self.reverse_failure)
-        if self.reverse_engine in (None, "torch.func"):
-            try:
-                result = self._func_vjp(u)
-                self.reverse_engine = "torch.func"
-                return result
-            except Exception as first:  # noqa: BLE001
-                if self.reverse_engine == "torch.func":
-                    raise
-                try:
-                    result = self._autograd_vjp(u)
-                except Exception as second:  # noqa: BLE001
-                    self._judge(first, second, "reverse")
-                    raise AssertionError("unreachable") from None
-                self.reverse_engine = "torch.autograd"
-                return result
-        return self._autograd_vjp(u)
 
     def _func_vjp(self, u: Any) -> Any:
         import torch
@@ -157,12 +144,8 @@ class Modes:
 
         if failure_reason(first) is None and failure_reason(second) is None:
             raise first  # the function's (or its derivative's) own error
-        engines = ("torch.func", "torch.autograd.forward_ad" if mode == "forward" else "torch.autograd")
-        why = f"{_reason(first)} ({engines[0]}); {_reason(second)} ({engines[1]})"
-        if mode == "forward":
-            self.forward_failure = why
-        else:
-            self.reverse_failure = why
+        why = f"{_reason(first)} (torch.func); {_reason(second)} ({_FALLBACKS[mode]})"
+        self.failure[mode] = why
         raise Unavailable(why)
 
     # ---- whole Jacobians -----------------------------------------------------------------------
@@ -173,11 +156,11 @@ class Modes:
         every = tuple(range(len(self.primals)))
         try:
             if mode == "fwd":
-                if self.forward_engine not in (None, "torch.func"):
+                if self.engine["forward"] not in (None, "torch.func"):
                     raise RuntimeError("forward mode runs by forward_ad")
                 jac = torch.func.jacfwd(self.f, argnums=every, randomness=self.randomness)(*self.primals)
             else:
-                if self.reverse_engine not in (None, "torch.func"):
+                if self.engine["reverse"] not in (None, "torch.func"):
                     raise RuntimeError("reverse mode runs by torch.autograd")
                 jac = torch.func.jacrev(self.f, argnums=every)(*self.primals)
             return _matrix(jac, self.output, len(self.primals))
