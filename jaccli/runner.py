@@ -764,7 +764,6 @@ def run_check(request: Request, stdout: BinaryIO | None = None) -> CheckOutcome:
 
 
 def _check(request: Request) -> CheckOutcome:
-    import torch
 
     from jaccli import check, check_plan, transforms
 
@@ -794,15 +793,18 @@ def _check(request: Request) -> CheckOutcome:
         )
     report = check.Report(rows, tolerance, dtype)
     check_plan.require_a_check(report)
-    timings.series("function alone", lambda: fn(*primals), request.repeat, request.warmup)
-    timings.footer.update(
-        command="check",
-        engine="torch.func",
-        device=str(setup.device),
-        dtype=dtype,
-        torch=str(torch.__version__),
-    )
+    check_footer(timings, "check", setup, dtype, request)
     return CheckOutcome(report, timings)
+
+
+def check_footer(timings: Timings, command: str, setup: Setup, dtype: str, request: Request) -> None:
+    """The function alone, timed, and the footer of a check's table (no derivative-to-function
+    ratio: a check runs many derivatives)."""
+    import torch
+
+    timings.series("function alone", lambda: setup.fn(*setup.primals), request.repeat, request.warmup)
+    device, version = str(setup.device), str(torch.__version__)
+    timings.footer.update(command=command, engine="torch.func", device=device, dtype=dtype, torch=version)
 
 
 def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str]) -> None:

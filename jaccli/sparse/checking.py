@@ -20,7 +20,7 @@ def check_sparse(request: Any) -> Any:
     import torch
 
     from jaccli import check
-    from jaccli.runner import CheckOutcome
+    from jaccli.runner import CheckOutcome, check_footer
     from jaccli.sparse import compressed
     from jaccli.sparse.command import _choose, _pattern, _problem, _validate
 
@@ -105,14 +105,7 @@ def check_sparse(request: Any) -> Any:
     report.notes.append(f"mode: {why}")
     if fallbacks:
         report.notes.append("ops without a sparsity rule: " + ", ".join(fallbacks))
-    timings.series("function alone", lambda: setup.fn(*primals), request.repeat, request.warmup)
-    timings.footer.update(
-        command="check --sparse",
-        engine="torch.func",
-        device=str(setup.device),
-        dtype=dtype,
-        torch=str(torch.__version__),
-    )
+    check_footer(timings, "check --sparse", setup, dtype, request)
     return CheckOutcome(report, timings)
 
 
