@@ -6,7 +6,7 @@
 
 Each round runs jac through its library (``jaccli.run(Request(..., compile=True))``, so the
 figure is the steady-state median of jac's own timing table, what users get), then the same
-derivative jitted by JAX, timed by the same code (``jaccli.timing.Timings.series``); the next
+derivative jitted by JAX, timed by the same code (``jaccli.report.timing.Timings.series``); the next
 round runs them in the other order. Reported: both medians, and jac / JAX as the ratio of
 their minima and of their medians over rounds (target 1.5), with uncompiled jac for scale
 and the compile times. Inductor's cache starts empty in a folder of this run, so the first
@@ -143,7 +143,7 @@ def jac_steady(case: dict, compile: bool, repeat: int) -> tuple[float, float | N
 
 def section_compile(quick: bool) -> list[dict]:
     """One row per case: jac --compile and JAX jit, alternating round by round."""
-    from jaccli.timing import Timings
+    from jaccli.report.timing import Timings
 
     rounds, repeat = (3, 50) if quick else (7, 200)
     rows = []

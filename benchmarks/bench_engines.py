@@ -47,7 +47,7 @@ def _imports(args: list[str]) -> list[str]:
     code = "\n".join(
         [
             "import sys",
-            "from jaccli.cli import main",
+            "from jaccli.cli.commands import main",
             "try:",
             f"    main({args!r})",
             "except SystemExit:",
@@ -291,7 +291,7 @@ def section_steady(quick: bool) -> list[dict]:
     """Target 3: steady state under --repeat, jac's compute median <= 1.05 x the fastest of
     torch.func, torch.autograd.functional and plain autograd / forward-mode AD."""
     from jaccli import Request, run
-    from jaccli.timing import Timings
+    from jaccli.report.timing import Timings
 
     rounds, repeat = (3, 20) if quick else (9, 60)
     rows = []

@@ -132,7 +132,7 @@ def section_serve(quick: bool) -> list[dict]:
                     }
                 )
             loop = (
-                "import sys, jaccli.client as c\n"
+                "import sys, jaccli.cli.client as c\n"
                 f"args = {cases['quickstart jvp'] + ['--no-timings']!r}\n"
                 f"for _ in range({requests}):\n"
                 "    assert c._through_server(args, True) == 0\n"

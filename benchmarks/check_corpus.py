@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 def jac_verdict(args: list[str]) -> tuple[int, dict | None]:
     from click.testing import CliRunner
 
-    from jaccli.cli import main
+    from jaccli.cli.commands import main
 
     runner = CliRunner()
     with runner.isolation() as streams:

@@ -21,7 +21,7 @@ COMMAND = "python docs/generate_cli.py"
 
 def render() -> str:
     """The whole of docs/cli.md: the top-level help, then each command's, in click's order."""
-    from jaccli.cli import cli
+    from jaccli.cli.commands import cli
 
     settings = {**cli.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
     root = click.Context(cli, info_name="jac", **settings)

@@ -12,13 +12,13 @@ names below are loaded on first use::
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Request": "jaccli.runner",
-    "Outcome": "jaccli.runner",
-    "run": "jaccli.runner",
-    "run_check": "jaccli.runner",
-    "load_function": "jaccli.loading",
-    "read_source": "jaccli.inputs",
-    "compute": "jaccli.transforms",
+    "Request": "jaccli.pipeline",
+    "Outcome": "jaccli.pipeline",
+    "run": "jaccli.pipeline",
+    "run_check": "jaccli.pipeline",
+    "load_function": "jaccli.io.loading",
+    "read_source": "jaccli.io.inputs",
+    "compute": "jaccli.autodiff.transforms",
     "JacError": "jaccli.errors",
     "InputError": "jaccli.errors",
     "FunctionError": "jaccli.errors",

@@ -1,3 +1,3 @@
-from jaccli.client import main
+from jaccli.cli.client import main
 
 main()

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import torch
 
-from jaccli import calls
+from jaccli.autodiff import calls
 from jaccli.errors import JacError
-from jaccli.runner import Request, run, run_check
+from jaccli.pipeline import Request, run, run_check
 
 COMMANDS = ("jvp", "vjp", "jacfwd", "jacrev", "hessian", "hvp")
 ENGINES = ("func", "autograd")  # --engine auto picks among these engines' routes
@@ -106,7 +106,7 @@ def function_of(op: Any, sample: Any) -> Callable[[Any], Any]:
 
 
 def _seeded(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """f on the random stream jac gives it (jaccli.calls: --seed 0)."""
+    """f on the random stream jac gives it (jaccli.autodiff.calls: --seed 0)."""
 
     def g(x):
         with calls.seeded(SEED):

@@ -30,7 +30,8 @@ import pytest
 import yaml
 from conftest import assert_clean_error, jac, write_module
 
-from jaccli.check import (
+from jaccli.checking.more import STEPS
+from jaccli.checking.rows import (
     ADJOINT,
     BATCHED_F,
     BATCHED_JVP,
@@ -43,7 +44,6 @@ from jaccli.check import (
     REPEATABLE,
     TAYLOR,
 )
-from jaccli.check_more import STEPS
 
 BASE_ROWS = (FWD_VS_REV, ADJOINT, FD_FORWARD, FD_REVERSE)
 LATER_ROWS = (TAYLOR, BATCHED_F, BATCHED_JVP, BATCHED_VJP, REPEATABLE)  # after the --full rows

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import jac, write_module
 
-from jaccli.check import (
+from jaccli.checking.rows import (
     BATCHED_F,
     FD_FORWARD,
     FD_REVERSE,

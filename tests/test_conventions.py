@@ -85,7 +85,7 @@ JSON_COMMANDS = {
 
 
 def test_every_command_is_listed_for_json():
-    from jaccli.cli import cli
+    from jaccli.cli.commands import cli
 
     assert set(JSON_COMMANDS) == set(cli.commands)
 

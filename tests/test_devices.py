@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import EXAMPLES, jac
 
-from jaccli.devices import resolve_device, synchronizer
+from jaccli.autodiff.devices import resolve_device, synchronizer
 from jaccli.errors import InputError
 
 

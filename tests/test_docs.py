@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, ROOT, jac
 
-from jaccli.cli import cli
+from jaccli.cli.commands import cli
 
 README = (ROOT / "README.md").read_text()
 COMMANDS = sorted(cli.commands)

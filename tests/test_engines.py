@@ -18,7 +18,7 @@ import torch
 import torch.func as tf
 
 from jaccli import Request, run
-from jaccli.routing import ROUTES, Router
+from jaccli.autodiff.routing import ROUTES, Router
 
 torch.manual_seed(0)
 _W1, _W2 = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
@@ -105,7 +105,7 @@ def test_auto_engine_gives_torch_func_numbers(name, command, repeat):
 
 ONE_SHOT = """
 import sys
-from jaccli.cli import main
+from jaccli.cli.commands import main
 try:
     main({args!r})
 except SystemExit as exc:
@@ -201,7 +201,7 @@ def test_trial_times_every_route_and_keeps_the_fastest(tmp_path, monkeypatch):
     timed = {label for label in labels if label in choice}
     assert {"torch.func.jvp", "forward-mode AD (torch.autograd.forward_ad)"} <= timed, choice
     assert outcome.timings.footer["engine"] in timed
-    from jaccli.runner import deliver
+    from jaccli.pipeline import deliver
 
     deliver(
         outcome, Request("jvp", "m:mlp", timings_path=str(timings), out=str(tmp_path / "r.npz")), None, None
@@ -217,7 +217,7 @@ def test_steady_state_kernels_repeat_their_route(name, command, grad_outputs, mo
     whether cotangents go in as grad_outputs (once sympy is loaded) or as a scalar product."""
     import torch.fx.experimental.symbolic_shapes  # noqa: F401
 
-    from jaccli import engines, kernels, trees
+    from jaccli.autodiff import engines, kernels, trees
 
     if not grad_outputs:
         monkeypatch.setattr(engines, "_SYMBOLIC", "jaccli.a_module_never_loaded")

@@ -19,10 +19,10 @@ import torch
 import torch.func as TF
 from conftest import EXAMPLES, assert_clean_error, jac, jac_process, write_module
 
-from jaccli import pictures
 from jaccli.errors import InputError
-from jaccli.render import render_text
-from jaccli.runner import Request, run
+from jaccli.pipeline import Request, run
+from jaccli.report import pictures
+from jaccli.report.render import render_text
 
 PLAIN = ("--no-timings", "--repeat", "0", "--dtype", "float64")
 SMOOTH = f"{EXAMPLES}/stencil.py:smooth"
@@ -376,4 +376,4 @@ def test_help_does_not_import_matplotlib(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0 and b"--plot PATH" in proc.stdout
-    assert b"| matplotlib" not in proc.stderr and b"| jaccli.cli" in proc.stderr
+    assert b"| matplotlib" not in proc.stderr and b"| jaccli.cli.commands" in proc.stderr

@@ -19,8 +19,8 @@ import pytest
 import torch
 from conftest import ROOT, assert_clean_error, jac, jac_process, write_module
 
-from jaccli import streams, tempfiles
-from jaccli.cli import cli
+from jaccli.cli.commands import cli
+from jaccli.io import streams, tempfiles
 
 SOURCE = """
 import torch
@@ -147,8 +147,8 @@ def test_text_to_a_full_disk_is_an_input_error(mod):
 
 def test_text_to_a_pipe_does_not_import_rich(mod):
     probe = (
-        "import sys\nfrom jaccli.cli import main\ntry:\n    main(['jacrev', 'pipemod:f', '-p', 'randn:4', "
-        "'--no-timings'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom jaccli.cli.commands import main\ntry:\n"
+        "    main(['jacrev', 'pipemod:f', '-p', 'randn:4', '--no-timings'])\nexcept SystemExit:\n    pass\n"
         "sys.stderr.write('RICH' if 'rich' in sys.modules else 'PLAIN')\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, cwd=mod, timeout=300)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import jac, write_module
 
-from jaccli import progress
-from jaccli.timing import Timings
+from jaccli.report import progress
+from jaccli.report.timing import Timings
 
 
 class Terminal(io.StringIO):

@@ -3,7 +3,7 @@
 Three families, every one reproducible (``derandomize=True``: the same examples on every run,
 no example database written):
 
-1. the transforms through the library (``jaccli.transforms.compute``), on random compositions
+1. the transforms through the library (``jaccli.autodiff.transforms.compute``), on random compositions
    of smooth torch operations applied to inputs of random shape (0-d included, size-1
    dimensions) and dtype (float32, float64), with one output or a tuple of two:
    jvp = J·v, vjp = uᵀJ, ⟨u, Jv⟩ = ⟨Jᵀu, v⟩, jacfwd = jacrev, the autograd engine = torch.func,
@@ -12,8 +12,8 @@ no example database written):
 2. the same through the command line for fewer examples: the input written as .npy, .npz,
    .yaml or .json, ``jac jacrev|jacfwd|jacobian|jvp|vjp ... --format npz`` against torch.func
    called directly;
-3. round trips: every output format written by ``jaccli.outputs.write_results`` reads back
-   (with numpy, json, yaml, and ``jaccli.inputs.read_source``) to the same values (NaN and
+3. round trips: every output format written by ``jaccli.io.outputs.write_results`` reads back
+   (with numpy, json, yaml, and ``jaccli.io.inputs.read_source``) to the same values (NaN and
    infinities included), dtype and shape; every input form (.npy, .npz, .yaml, .json, an inline
    literal, standard input) reads to the array written; integer and boolean inputs become the
    floating dtype in use as documented.
@@ -48,11 +48,11 @@ from hypothesis import HealthCheck, Phase, assume, example, given, note, reject,
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
-from jaccli import arguments, outputs  # noqa: E402
+from jaccli.autodiff.transforms import compute as _compute  # noqa: E402
 from jaccli.errors import FunctionError  # noqa: E402
-from jaccli.inputs import Array, Stdin, read_source  # noqa: E402
-from jaccli.runner import Request, run  # noqa: E402
-from jaccli.transforms import compute as _compute  # noqa: E402
+from jaccli.io import arguments, outputs  # noqa: E402
+from jaccli.io.inputs import Array, Stdin, read_source  # noqa: E402
+from jaccli.pipeline import Request, run  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # settings: reproducible, no database, no deadline (first calls of torch.func are slow)
@@ -215,7 +215,7 @@ def problems(draw, dtypes=DTYPE) -> Problem:
 
 
 def compute(command, func, primals, **options):
-    """jaccli.transforms.compute, minus one known torch bug that test_results_have_the_primal_dtype
+    """jaccli.autodiff.transforms.compute, minus one known torch bug that test_results_have_the_primal_dtype
     reports: in forward mode a 0-d float32 tensor plus or times a Python number (``x.sum() + 1.0``)
     carries a float64 tangent (pytorch#90065), which a later matmul with a float32 matrix refuses."""
     try:
@@ -392,7 +392,7 @@ def test_autograd_engine_agrees_with_torch_func(problem, data):
 
 def _routed(command, func, primals, engine, **options):
     """One command as the CLI runs it: torch.func with its fallbacks under engine 'auto'."""
-    from jaccli.routing import Router
+    from jaccli.autodiff.routing import Router
 
     defaults = {
         "tangents": None,

@@ -1538,8 +1538,8 @@ def test_default_text_format(workdir):
     assert run.code == 0, run
     lines = run.stdout.splitlines()
     assert lines[0].split() == ["jacobian", "shape", "(3,", "3,", "2)", "float32"]
-    from jaccli.render import jacobian_note
-    from jaccli.transforms import JacobianInfo
+    from jaccli.autodiff.transforms import JacobianInfo
+    from jaccli.report.render import jacobian_note
 
     note = jacobian_note(JacobianInfo("output", (3,), 0, (3, 2)), False)
     assert "[i..., j...]" in note  # the wording that explains the shape

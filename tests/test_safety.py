@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, assert_clean_error, jac, write_module
 
-from jaccli import outputs
 from jaccli.errors import InputError
+from jaccli.io import outputs
 
 OLD = b"previous results, to be kept intact"
 ARGS = ("jvp", f"{EXAMPLES}/quickstart.py:f", "-p", f"{EXAMPLES}/x.npy", "-t", f"{EXAMPLES}/v.npy")
@@ -69,7 +69,7 @@ def test_read_only_folder(old_file: Path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    from jaccli import tempfiles
+    from jaccli.io import tempfiles
 
     monkeypatch.setattr(tempfiles.tempfile, "mkstemp", refuse)
     assert_clean_error(jac(*ARGS, "-o", str(old_file)), 2, "cannot write", "Permission denied")

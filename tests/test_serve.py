@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, ROOT, jac
 
-import jaccli.client as client
+import jaccli.cli.client as client
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="needs SCM_RIGHTS (Python 3.9+)")
 
@@ -178,7 +178,7 @@ def test_readme_examples_and_configs_are_identical_through_the_server(
     through = server.jac(*args, cwd=served, env={"JAC_SERVER": "require"})
     monkeypatch.chdir(alone)
     monkeypatch.setenv("JAC_SERVER", "off")
-    reference = jac(*args)  # jaccli.cli.main in this process: what JAC_SERVER=off runs
+    reference = jac(*args)  # jaccli.cli.commands.main in this process: what JAC_SERVER=off runs
     assert through.returncode == reference.code, (line, through.stderr, reference)
     assert _untimed(through.stdout) == _untimed(reference.stdout_bytes), line
     assert _without_timings(through.stderr.decode()) == _without_timings(reference.stderr), line
@@ -535,7 +535,7 @@ def test_no_socket_means_in_process_without_importing_socket(tmp_path, monkeypat
         [
             sys.executable,
             "-c",
-            "import sys, jaccli.client as c; c._through_server([], False); "
+            "import sys, jaccli.cli.client as c; c._through_server([], False); "
             "print(sorted(m for m in ('socket', 'json', 'click', 'torch', 'numpy') if m in sys.modules))",
         ],
         env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)},

@@ -13,8 +13,8 @@ import torch
 import torch.func as tf
 from conftest import assert_clean_error, jac, write_module
 
-from jaccli import calls
-from jaccli.runner import Request, run
+from jaccli.autodiff import calls
+from jaccli.pipeline import Request, run
 
 X = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
 V = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)

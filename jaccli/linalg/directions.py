@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from jaccli import trees
+from jaccli.autodiff import trees
 from jaccli.errors import InputError, human_size
 
 
@@ -74,7 +74,7 @@ def check_request(request: Any) -> None:
 
 def leading_axis(sources: list, k: int, option: str) -> None:
     """Every array read for ``option`` must lead with K directions."""
-    from jaccli.inputs import Generator
+    from jaccli.io.inputs import Generator
 
     for source in sources:
         if isinstance(source, Generator):
@@ -100,9 +100,10 @@ def _expanded(tensor: Any, k: int) -> Any:
 def run_directions(request: Any) -> Any:
     """The whole command (called by runner._run): an Outcome keyed as plain jvp/vjp, K leading."""
 
-    from jaccli import arguments, modules, transforms
-    from jaccli.routing import evaluate
-    from jaccli.runner import Outcome, _disciplined, _footer, _setup, _to_host
+    from jaccli.autodiff import modules, transforms
+    from jaccli.autodiff.routing import evaluate
+    from jaccli.io import arguments
+    from jaccli.pipeline import Outcome, _disciplined, _footer, _setup, _to_host
 
     check_request(request)
     command, k, batch = request.command, request.n_directions, request.batch_dim
@@ -143,7 +144,7 @@ def run_directions(request: Any) -> Any:
         tree = compute.first(candidates, trial=bool(request.repeat))
     timings.notes.extend(compute.fallbacks)
     if compute.timed:
-        from jaccli.render import duration
+        from jaccli.report.render import duration
 
         timings.footer["choice"] = "fastest on the first chunk of " + ", ".join(
             f"{name} {duration(t)}" for name, t in compute.timed.items()
@@ -167,8 +168,8 @@ def run_directions(request: Any) -> Any:
         if request.select is not None and request.select not in flat:
             raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(flat)}")
         chosen = [request.select] if request.select else list(flat)
-        from jaccli.outputs import check_count
-        from jaccli.runner import output_format
+        from jaccli.io.outputs import check_count
+        from jaccli.pipeline import output_format
 
         check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
         results, dtypes, notes = {}, {}, {}
@@ -184,7 +185,7 @@ def run_directions(request: Any) -> Any:
 
 def _chunk(request: Any, primals: list, output: Any, k: int) -> int:
     """Directions per chunk so that the results and the work in flight fit in memory."""
-    from jaccli.memory import allowed_bytes
+    from jaccli.scale.memory import allowed_bytes
 
     itemsize = max([p.element_size() for p in primals] + [t.element_size() for _, t in trees.leaves(output)])
     n_in = sum(p.numel() for p in primals)
@@ -223,7 +224,7 @@ class Products:
         return f"{route} ({'torch.autograd' if autograd else 'torch.func'})"
 
     def first(self, candidates: list[Route], trial: bool) -> Any:
-        from jaccli.transforms import failure_reason, guarded
+        from jaccli.autodiff.transforms import failure_reason, guarded
 
         working: list[tuple[Route, Any, float]] = []
         failures = []
@@ -265,7 +266,7 @@ class Products:
         return statistics.median(times)
 
     def run(self) -> Any:
-        from jaccli.transforms import guarded
+        from jaccli.autodiff.transforms import guarded
 
         return guarded(lambda: self._run(self.route), self.command)
 
@@ -311,8 +312,8 @@ class Products:
 
     def _one(self, direction: Any, engine: str) -> Any:
         """The product along one direction (per sample under --batch-dim)."""
-        from jaccli.routing import per_sample
-        from jaccli.transforms import compute_raw
+        from jaccli.autodiff.routing import per_sample
+        from jaccli.autodiff.transforms import compute_raw
 
         option = "tangents" if self.command == "jvp" else "cotangents"
 

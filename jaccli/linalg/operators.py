@@ -21,8 +21,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from jaccli import trees
-from jaccli.transforms import failure_reason, guarded
+from jaccli.autodiff import trees
+from jaccli.autodiff.transforms import failure_reason, guarded
 
 
 class Flat:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Any, BinaryIO
 
 from jaccli.errors import InputError
-from jaccli.timing import Timings
+from jaccli.report.timing import Timings
 
 DENSE_MAX = 16  # at most this many singular values (or eigenvalues): J formed from products instead
 COND_PRODUCTS = 200  # the condition number's far end gets at most about this many products
@@ -350,7 +350,7 @@ class SpectrumOutcome:
 
 def run_spectrum(request: Any, stdout: BinaryIO | None = None) -> SpectrumOutcome:
     """``jac spectrum``: float64 unless --dtype says otherwise; nothing is written."""
-    from jaccli.runner import check_request
+    from jaccli.pipeline import check_request
 
     check_request(request, stdout)
     problem = problem_of(request)
@@ -370,9 +370,9 @@ def run_spectrum(request: Any, stdout: BinaryIO | None = None) -> SpectrumOutcom
 def _run(request: Any, problem: Problem) -> SpectrumOutcome:
     import torch
 
-    from jaccli import transforms
+    from jaccli.autodiff import transforms
     from jaccli.linalg.operators import HessianOperator, JacobianOperator
-    from jaccli.runner import _disciplined, _setup
+    from jaccli.pipeline import _disciplined, _setup
 
     setup = _disciplined(_setup(request, ("spectrum",)), request)
     fn, primals, timings, batch = setup.fn, setup.primals, setup.timings, request.batch_dim
@@ -387,7 +387,7 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
     with timings.phase("function, first call"):
         output, _ = transforms.call_function(fn, samples[0], request.has_aux)
     if problem.name == "hessian":
-        from jaccli.runner import _check_scalar
+        from jaccli.pipeline import _check_scalar
 
         _check_scalar("spectrum --hessian", output)
     if request.strict:
@@ -434,8 +434,8 @@ VECTOR_KEYS = {
 
 def _check_keys(request: Any, problem: Problem) -> None:
     """--select and the output format against the keys this request will give, before any work."""
-    from jaccli.outputs import check_count
-    from jaccli.runner import output_format
+    from jaccli.io.outputs import check_count
+    from jaccli.pipeline import output_format
 
     keys = [*KEYS[problem.name], "products"]
     if request.out not in (None, "-"):
@@ -488,8 +488,8 @@ def _results(problem: Problem, spectra: list, batched: bool, vectors: bool) -> d
 
 
 def deliver_spectrum(outcome: SpectrumOutcome, text_stdout: IO[str], stdout: IO[bytes]) -> None:
-    from jaccli import outputs
-    from jaccli.runner import _write_timings, output_format
+    from jaccli.io import outputs
+    from jaccli.pipeline import _write_timings, output_format
 
     request = outcome.request
     fmt = output_format(request)

@@ -19,8 +19,8 @@ def check_sparse(request: Any) -> Any:
     import numpy as np
     import torch
 
-    from jaccli import check
-    from jaccli.runner import CheckOutcome, check_footer
+    from jaccli.checking import rows as check
+    from jaccli.pipeline import CheckOutcome, check_footer
     from jaccli.sparse import compressed
     from jaccli.sparse.command import _choose, _pattern, _problem, _validate
 
@@ -40,7 +40,7 @@ def check_sparse(request: Any) -> Any:
     primals = setup.primals
     rows = []
     with timings.phase("checks"):
-        from jaccli.transforms import guarded
+        from jaccli.autodiff.transforms import guarded
 
         values = guarded(lambda: engine.values(primals), "jacobian --sparse")
         import scipy.sparse as sp
@@ -112,7 +112,7 @@ def check_sparse(request: Any) -> Any:
 def _row(name: str, pairs: list, tolerance: dict, what: str) -> Any:
     import numpy as np
 
-    from jaccli import check
+    from jaccli.checking import rows as check
 
     rtol, atol = tolerance["rtol"], tolerance["atol"]
     max_abs, max_rel, worst, failed = 0.0, 0.0, None, False

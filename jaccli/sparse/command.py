@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import IO, Any, BinaryIO
 
-from jaccli import trees
+from jaccli.autodiff import trees
 from jaccli.errors import InputError
 from jaccli.sparse import compressed
 from jaccli.sparse.files import SparseResult
@@ -35,7 +35,7 @@ def _validate(request: Any, commands: tuple[str, ...]) -> None:
         raise InputError("--plot draws dense Jacobians; with --sparse, load J.npz and use matplotlib's spy")
     if request.randomness == "different":
         raise InputError("--sparse needs a deterministic function; leave out --randomness different")
-    from jaccli import distributed
+    from jaccli.scale import distributed
 
     if distributed.launched():
         raise InputError("--sparse does not run under torchrun yet: run it as one process")
@@ -55,9 +55,9 @@ class Problem:
 def _problem(request: Any, commands: tuple[str, ...]) -> Problem:
     import torch
 
-    from jaccli import transforms
-    from jaccli.routing import evaluate
-    from jaccli.runner import _check_scalar, _disciplined, _per_sample_shapes, _setup
+    from jaccli.autodiff import transforms
+    from jaccli.autodiff.routing import evaluate
+    from jaccli.pipeline import _check_scalar, _disciplined, _per_sample_shapes, _setup
 
     setup = _disciplined(_setup(request, commands), request)
     if setup.profile.random:
@@ -209,8 +209,8 @@ def run_sparse(request: Any) -> Any:
     import scipy.sparse as sp
     import torch
 
-    from jaccli.routing import evaluate
-    from jaccli.runner import Outcome, _footer, check_request
+    from jaccli.autodiff.routing import evaluate
+    from jaccli.pipeline import Outcome, _footer, check_request
 
     check_request(request)
     fmt = _format(request)
@@ -254,13 +254,13 @@ def run_sparse(request: Any) -> Any:
         def compute() -> Any:
             return torch.func.vmap(lambda *p: engine.values(p), in_dims=batch)(*primals)
 
-    from jaccli.transforms import guarded
+    from jaccli.autodiff.transforms import guarded
 
     with timings.phase("first call"):
         try:
             values = guarded(compute, request.command)
         except Exception as exc:
-            from jaccli.transforms import failure_reason
+            from jaccli.autodiff.transforms import failure_reason
 
             # --mode auto: an op without a forward-mode formula; the row colouring needs none
             auto = request.command == "jacobian" and request.mode == "auto" and request.engine != "func"
@@ -322,13 +322,13 @@ def _product_name(mode: str) -> str:
 
 
 def _format(request: Any) -> str:
-    from jaccli.runner import output_format
+    from jaccli.pipeline import output_format
 
     return output_format(request)
 
 
 def deliver_sparse(outcome: Any, request: Any, stdout: IO[bytes], text_stdout: IO[str]) -> None:
-    from jaccli.runner import _write_timings
+    from jaccli.pipeline import _write_timings
     from jaccli.sparse import files
 
     with outcome.timings.phase("write"):
@@ -352,12 +352,12 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
 
     import torch
 
-    from jaccli.runner import _footer
+    from jaccli.pipeline import _footer
 
     request = replace(request, command="hessian" if hessian else "jacobian")
     _validate(request, SPARSE_COMMANDS)
     if request.out not in (None, "-"):
-        from jaccli import outputs
+        from jaccli.io import outputs
 
         if not request.out.endswith(".npz"):
             raise InputError(f"-o {request.out}: a pattern is written as .npz (scipy.sparse's format)")
@@ -407,7 +407,7 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
 
 
 def render_pattern(stream: IO[str], outcome: PatternOutcome, fmt: str) -> None:
-    from jaccli import outputs
+    from jaccli.io import outputs
 
     s = outcome.summary
     if fmt != "text":

@@ -95,7 +95,7 @@ class Compressed:
     def _flat_fn(self, primals: Sequence[Any]) -> Callable[..., Any]:
         import torch
 
-        from jaccli import trees
+        from jaccli.autodiff import trees
 
         def flat(*diff: Any) -> Any:
             args = list(primals)

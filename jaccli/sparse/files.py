@@ -139,7 +139,7 @@ def document(result: SparseResult) -> dict[str, Any]:
 
 
 def write(path: str | None, fmt: str, result: SparseResult, stdout: IO[bytes], text: IO[str]) -> None:
-    from jaccli import outputs
+    from jaccli.io import outputs
 
     def encode(fh: IO[bytes]) -> None:
         if fmt == "npz":
@@ -200,7 +200,7 @@ def save_pattern(
 ) -> None:
     import numpy as np
 
-    from jaccli import outputs
+    from jaccli.io import outputs
 
     p = pattern.tocsr()
     arrays = {
