@@ -1,3 +1,5 @@
+"""python -m jaccli: the same program as ``jac``."""
+
 from jaccli.cli.client import main
 
 main()

@@ -157,7 +157,7 @@ def test_a_function_drawing_random_numbers_falls_back_to_its_uncompiled_results(
 def test_rebuilder_puts_leaves_back_as_unflatten_does():
     from collections import namedtuple
 
-    from jaccli.autodiff import trees
+    from jaccli import trees
 
     Pair = namedtuple("Pair", "a b")
     tree = {"output": (torch.zeros(1), [torch.ones(2), Pair(torch.ones(3), torch.zeros(4))]), "jvp": X}

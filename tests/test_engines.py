@@ -217,7 +217,8 @@ def test_steady_state_kernels_repeat_their_route(name, command, grad_outputs, mo
     whether cotangents go in as grad_outputs (once sympy is loaded) or as a scalar product."""
     import torch.fx.experimental.symbolic_shapes  # noqa: F401
 
-    from jaccli.autodiff import engines, kernels, trees
+    from jaccli import trees
+    from jaccli.autodiff import engines, kernels
 
     if not grad_outputs:
         monkeypatch.setattr(engines, "_SYMBOLIC", "jaccli.a_module_never_loaded")

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.errors import describe
 from jaccli.report.timing import Timings
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence, Union
 
-from jaccli.autodiff import trees
+from jaccli import trees
 
 Split = Callable[..., "tuple[Any, Any]"]  # func(*primals) -> (output, aux)
 Argnums = Union[int, "tuple[int, ...]"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.autodiff.transforms import compute_raw, failure_reason, guarded
 from jaccli.errors import FunctionError, describe
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.errors import FunctionError, InputError, describe, kind_of, with_article
 
 COMMANDS = ("jvp", "vjp", "jacfwd", "jacrev", "jacobian", "hessian", "hvp")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from jaccli.autodiff import trees
+from jaccli import trees
 
 DERIVATIVE_KEYS = ("jvp", "vjp", "jacobian", "hessian", "hvp", "grad")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from jaccli.autodiff import trees
+from jaccli import trees
 
 
 class Unavailable(Exception):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.checking.modes import Unavailable, flat, flat_out
 from jaccli.checking.rows import (
     BATCHED_F,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.errors import InputError, human_size
 
 AUTO_ENTRIES = 1 << 22  # whole Jacobians up to 4M entries (32 MiB each in float64) without --full

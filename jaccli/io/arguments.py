@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.errors import InputError, key_mismatch
 from jaccli.io.inputs import Array, Generator, Source
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.errors import InputError, human_size
 
 
@@ -98,16 +98,18 @@ def _expanded(tensor: Any, k: int) -> Any:
 
 
 def run_directions(request: Any) -> Any:
-    """The whole command (called by runner._run): an Outcome keyed as plain jvp/vjp, K leading."""
+    """The whole command (called by jaccli.pipeline.run): an Outcome keyed as plain jvp/vjp, K leading."""
 
     from jaccli.autodiff import modules, transforms
     from jaccli.autodiff.routing import evaluate
     from jaccli.io import arguments
-    from jaccli.pipeline import Outcome, _disciplined, _footer, _setup, _to_host
+    from jaccli.pipeline.delivery import footer, host_array
+    from jaccli.pipeline.problem import disciplined, load
+    from jaccli.pipeline.request import Outcome
 
     check_request(request)
     command, k, batch = request.command, request.n_directions, request.batch_dim
-    setup = _disciplined(_setup(request, ("jvp", "vjp")), request)
+    setup = disciplined(load(request, ("jvp", "vjp")), request)
     fn, primals, names, timings, rng = setup.fn, setup.primals, setup.names, setup.timings, setup.rng
     with timings.phase("function, first call"):
         output, aux = transforms.call_function(
@@ -169,17 +171,17 @@ def run_directions(request: Any) -> Any:
             raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(flat)}")
         chosen = [request.select] if request.select else list(flat)
         from jaccli.io.outputs import check_count
-        from jaccli.pipeline import output_format
+        from jaccli.pipeline.request import output_format
 
         check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
         results, dtypes, notes = {}, {}, {}
         for key in chosen:
-            results[key], dtypes[key] = _to_host(flat[key], key)
+            results[key], dtypes[key] = host_array(flat[key], key)
             if key.startswith(command):
                 notes[key] = f"a leading axis of {k} directions: one {command} per direction" + (
                     ", then the batch" if batch is not None else ""
                 )
-    _footer(timings, command, f"{compute.label} over {k} directions", setup)
+    footer(timings, command, f"{compute.label} over {k} directions", setup)
     return Outcome(results, notes, dtypes, timings)
 
 

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.autodiff.transforms import failure_reason, guarded
 
 
@@ -117,7 +117,7 @@ class JacobianOperator(Operator):
 
     torch.autograd, on one graph built once: J^T.u is a backward pass of it, J.v the backward
     pass of that (linear) backward pass. No product evaluates the function again, and none pays
-    torch.func's first-use import (about a second, see runner.IMPORT_TAX_S). Where the backward
+    torch.func's first-use import (about a second, see jaccli.pipeline.plan.IMPORT_TAX_S). Where the backward
     has no derivative of its own, J.v falls back to torch.func.jvp and says so.
     """
 

@@ -350,7 +350,7 @@ class SpectrumOutcome:
 
 def run_spectrum(request: Any, stdout: BinaryIO | None = None) -> SpectrumOutcome:
     """``jac spectrum``: float64 unless --dtype says otherwise; nothing is written."""
-    from jaccli.pipeline import check_request
+    from jaccli.pipeline.request import check_request
 
     check_request(request, stdout)
     problem = problem_of(request)
@@ -372,9 +372,9 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
 
     from jaccli.autodiff import transforms
     from jaccli.linalg.operators import HessianOperator, JacobianOperator
-    from jaccli.pipeline import _disciplined, _setup
+    from jaccli.pipeline.problem import disciplined, load
 
-    setup = _disciplined(_setup(request, ("spectrum",)), request)
+    setup = disciplined(load(request, ("spectrum",)), request)
     fn, primals, timings, batch = setup.fn, setup.primals, setup.timings, request.batch_dim
     wrt = setup.argnums if isinstance(setup.argnums, tuple) else (setup.argnums,)
     samples = (
@@ -387,9 +387,9 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
     with timings.phase("function, first call"):
         output, _ = transforms.call_function(fn, samples[0], request.has_aux)
     if problem.name == "hessian":
-        from jaccli.pipeline import _check_scalar
+        from jaccli.pipeline.problem import check_scalar
 
-        _check_scalar("spectrum --hessian", output)
+        check_scalar("spectrum --hessian", output)
     if request.strict:
         transforms.strict_check(fn, samples[0], wrt, request.has_aux)
     kind = HessianOperator if problem.name == "hessian" else JacobianOperator
@@ -435,7 +435,7 @@ VECTOR_KEYS = {
 def _check_keys(request: Any, problem: Problem) -> None:
     """--select and the output format against the keys this request will give, before any work."""
     from jaccli.io.outputs import check_count
-    from jaccli.pipeline import output_format
+    from jaccli.pipeline.request import output_format
 
     keys = [*KEYS[problem.name], "products"]
     if request.out not in (None, "-"):
@@ -489,7 +489,8 @@ def _results(problem: Problem, spectra: list, batched: bool, vectors: bool) -> d
 
 def deliver_spectrum(outcome: SpectrumOutcome, text_stdout: IO[str], stdout: IO[bytes]) -> None:
     from jaccli.io import outputs
-    from jaccli.pipeline import _write_timings, output_format
+    from jaccli.pipeline.delivery import write_timings
+    from jaccli.pipeline.request import output_format
 
     request = outcome.request
     fmt = output_format(request)
@@ -500,7 +501,7 @@ def deliver_spectrum(outcome: SpectrumOutcome, text_stdout: IO[str], stdout: IO[
             render(text_stdout, outcome)
         else:
             outputs.write_stream(stdout, fmt, outcome.results)
-    _write_timings(outcome.timings, request)
+    write_timings(outcome.timings, request)
 
 
 def render(stream: IO[str], outcome: SpectrumOutcome) -> None:

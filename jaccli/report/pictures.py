@@ -301,7 +301,7 @@ def write_plot(path: str, results: dict[str, Any], axes: dict[str, Axes]) -> Non
 
     from jaccli.io.outputs import atomic_write
 
-    keys = [k for k in results if k in axes and results[k].size]  # the runner made sure of one
+    keys = [k for k in results if k in axes and results[k].size]  # the plan stage made sure of one
     ncols = min(len(keys), 2)
     nrows = math.ceil(len(keys) / ncols)
     figure = Figure(figsize=(6 * ncols, 5 * nrows), layout="constrained")

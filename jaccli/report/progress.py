@@ -20,7 +20,7 @@ LONG_S = 2.0
 
 
 class Switch:
-    """Whether bars may be drawn in this process: off under ``--quiet`` (set by the runner)."""
+    """Whether bars may be drawn in this process: off under ``--quiet`` (set by the command line)."""
 
     quiet = False
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.autodiff.transforms import JacobianInfo, guarded, settle_dtypes
 
 

@@ -20,7 +20,8 @@ def check_sparse(request: Any) -> Any:
     import torch
 
     from jaccli.checking import rows as check
-    from jaccli.pipeline import CheckOutcome, check_footer
+    from jaccli.pipeline.delivery import check_footer
+    from jaccli.pipeline.request import CheckOutcome
     from jaccli.sparse import compressed
     from jaccli.sparse.command import _choose, _pattern, _problem, _validate
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import IO, Any, BinaryIO
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.errors import InputError
 from jaccli.sparse import compressed
 from jaccli.sparse.files import SparseResult
@@ -57,9 +57,9 @@ def _problem(request: Any, commands: tuple[str, ...]) -> Problem:
 
     from jaccli.autodiff import transforms
     from jaccli.autodiff.routing import evaluate
-    from jaccli.pipeline import _check_scalar, _disciplined, _per_sample_shapes, _setup
+    from jaccli.pipeline.problem import check_scalar, disciplined, load, per_sample_shapes
 
-    setup = _disciplined(_setup(request, commands), request)
+    setup = disciplined(load(request, commands), request)
     if setup.profile.random:
         raise InputError("--sparse needs a deterministic function; this one draws random numbers")
     fn, primals, timings = setup.fn, setup.primals, setup.timings
@@ -68,9 +68,9 @@ def _problem(request: Any, commands: tuple[str, ...]) -> Problem:
         output, _ = transforms.call_function(
             lambda *p: evaluate(fn, p, batch, request.engine, request.randomness), primals, False
         )
-    sample_output, _ = _per_sample_shapes(output, primals, batch)
+    sample_output, _ = per_sample_shapes(output, primals, batch)
     if request.command == "hessian" or getattr(request, "_hessian", False):
-        _check_scalar("hessian", sample_output)
+        check_scalar("hessian", sample_output)
     argnums = setup.argnums if isinstance(setup.argnums, tuple) else (setup.argnums,)
     sample = [p.select(batch, 0) for p in primals] if batch is not None else list(primals)
     leaves = [
@@ -210,7 +210,8 @@ def run_sparse(request: Any) -> Any:
     import torch
 
     from jaccli.autodiff.routing import evaluate
-    from jaccli.pipeline import Outcome, _footer, check_request
+    from jaccli.pipeline.delivery import footer
+    from jaccli.pipeline.request import Outcome, check_request
 
     check_request(request)
     fmt = _format(request)
@@ -309,9 +310,9 @@ def run_sparse(request: Any) -> Any:
             )
         results = {k: result.selected(k).matrix.data for k in result.keys}
     timings.footer["mode"] = f"{why}"
-    _footer(timings, request.command, f"sparse, {plan.count} {_product_name(mode)}", setup)
+    footer(timings, request.command, f"sparse, {plan.count} {_product_name(mode)}", setup)
     outcome = Outcome(results, {}, {k: dtype for k in results}, timings)
-    outcome.sparse = result
+    outcome.sparse, outcome.writer = result, deliver_sparse
     return outcome
 
 
@@ -322,18 +323,18 @@ def _product_name(mode: str) -> str:
 
 
 def _format(request: Any) -> str:
-    from jaccli.pipeline import output_format
+    from jaccli.pipeline.request import output_format
 
     return output_format(request)
 
 
 def deliver_sparse(outcome: Any, request: Any, stdout: IO[bytes], text_stdout: IO[str]) -> None:
-    from jaccli.pipeline import _write_timings
+    from jaccli.pipeline.delivery import write_timings
     from jaccli.sparse import files
 
     with outcome.timings.phase("write"):
         files.write(request.out, _format(request), outcome.sparse, stdout, text_stdout)
-    _write_timings(outcome.timings, request)
+    write_timings(outcome.timings, request)
 
 
 # --- jac sparsity ------------------------------------------------------------------------------
@@ -352,7 +353,7 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
 
     import torch
 
-    from jaccli.pipeline import _footer
+    from jaccli.pipeline.delivery import footer
 
     request = replace(request, command="hessian" if hessian else "jacobian")
     _validate(request, SPARSE_COMMANDS)
@@ -387,7 +388,7 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
                 )
         setup = problem.setup
         timings.series("function alone", lambda: setup.fn(*setup.primals), request.repeat, request.warmup)
-        _footer(timings, "sparsity", "traced (make_fx)", setup)
+        footer(timings, "sparsity", "traced (make_fx)", setup)
         del torch
     m, n = pattern.shape
     summary = {

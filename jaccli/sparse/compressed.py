@@ -95,7 +95,7 @@ class Compressed:
     def _flat_fn(self, primals: Sequence[Any]) -> Callable[..., Any]:
         import torch
 
-        from jaccli.autodiff import trees
+        from jaccli import trees
 
         def flat(*diff: Any) -> Any:
             args = list(primals)

@@ -37,7 +37,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from jaccli.autodiff import trees
+from jaccli import trees
 from jaccli.errors import InputError
 
 # Fall-back rows above this many stored entries would not fit: ask for --sparsity instead.
