@@ -154,19 +154,28 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _readme_commands() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
+def _documented_commands() -> list[str]:
+    """The `jac` lines of the ```sh blocks in the README and the pages of docs/ (as test_docs runs them)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     lines = [
-        line for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S) for line in block.splitlines()
+        line
+        for page in pages
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), flags=re.S)
+        for line in block.splitlines()
     ]
     return [line for line in lines if line.startswith("jac ")]
 
 
-CASES = _readme_commands() + [f"jac run configs/{p.name}" for p in sorted((ROOT / "configs").glob("*.yaml"))]
+CASES = list(
+    dict.fromkeys(
+        _documented_commands()
+        + [f"jac run configs/{p.name}" for p in sorted((ROOT / "configs").glob("*.yaml"))]
+    )
+)
 
 
 @pytest.mark.parametrize("line", CASES)
-def test_readme_examples_and_configs_are_identical_through_the_server(
+def test_documented_examples_and_configs_are_identical_through_the_server(
     line, server, examples_pair, monkeypatch
 ):
     if "--plot" in line:
