@@ -57,7 +57,7 @@ def long(x):  # 5000 -> 2: reverse by pass counts
 SLOW = 0.02
 
 
-def slow_square(x):  # slow to call (no time to measure both modes): 4 -> 4, a tie: reverse (README)
+def slow_square(x):  # slow to call (no time to measure both modes): 4 -> 4, a tie: reverse (docs/engines.md)
     time.sleep(SLOW)
     return square(x)
 

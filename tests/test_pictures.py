@@ -58,7 +58,7 @@ def mod(workdir):
 
 
 def expected_cells(matrix: np.ndarray) -> list[list[str]]:
-    """What the heatmap must show, from the definition in the README."""
+    """What the heatmap must show, from the definition in docs/inputs-outputs.md."""
     scale = np.abs(matrix).max()
     cells = []
     for row in matrix:

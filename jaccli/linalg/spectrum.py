@@ -447,7 +447,7 @@ def _check_keys(request: Any, problem: Problem) -> None:
 
 
 def _results(problem: Problem, spectra: list, batched: bool, vectors: bool) -> dict:
-    """Keys as the README names them; vectors only into a file (-o)."""
+    """Keys as docs/linalg.md names them; vectors only into a file (-o)."""
     import numpy as np
 
     def stack(get: Any) -> Any:

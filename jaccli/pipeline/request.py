@@ -32,7 +32,7 @@ class Request:
     argnums: int | tuple[int, ...] = 0
     has_aux: bool = False
     chunk_size: int | None = None
-    randomness: str = "same"  # every evaluation runs on one seeded stream (README, "Randomness")
+    randomness: str = "same"  # every evaluation runs on one seeded stream (docs/engines.md, "Randomness")
     strict: bool = False
     dtype: str | None = None
     device: str = "cpu"
