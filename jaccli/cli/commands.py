@@ -29,6 +29,7 @@ from jaccli.cli.options import (
     output_options,
     plot_option,
     randomness_option,
+    report_format_option,
     timing_options,
 )
 from jaccli.sparse.options import sparse_option_group
@@ -528,14 +529,7 @@ def sparsity(**options: Any) -> None:
 
 
 @cli.command()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text for people, json for scripts.",
-)
+@report_format_option
 @config_option
 def info(fmt: str) -> None:
     """Versions of Python, torch and numpy, and the devices jac can use.

@@ -304,6 +304,14 @@ def _apply_config(ctx: click.Context, param: click.Parameter, value: str | None)
         ctx.default_map = {**(ctx.default_map or {}), **defaults(value, ctx)}
 
 
+report_format_option = click.option(  # jac info, jac serve status: a report, not results
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for scripts.",
+)
 config_option = click.option(
     "--config",
     metavar="FILE",

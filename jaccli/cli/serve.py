@@ -13,6 +13,7 @@ import time
 
 import click
 
+from jaccli.cli.options import report_format_option
 from jaccli.errors import InputError
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
@@ -191,14 +192,7 @@ def stop(timeout: float) -> None:
 
 
 @serve.command()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text for people, json for scripts.",
-)
+@report_format_option
 def status(fmt: str) -> None:
     """Whether a server runs: pid, uptime, requests served, versions.
 
