@@ -84,6 +84,7 @@ class Request:
     tol: float | None = None  # spectrum: ARPACK's relative accuracy (None: machine precision)
     sparse: bool = False  # jacobian, jacfwd, jacrev, hessian, check: a scipy.sparse result (jaccli.sparse)
     sparsity: str | None = None  # a pattern file to use instead of detecting one (implies sparse)
+    argv: list[str] | None = None  # the command line ("jac", ...) for the record; None from Python
 
 
 @dataclass
@@ -342,6 +343,7 @@ def _run(request: Request) -> Outcome:
         else:
             tree = router()
     choice = _choice(router)
+    timings.routes = dict(getattr(router, "timed", None) or {})  # for the record (report.record)
     if choice:
         timings.footer["choice"] = choice
     if command == "jacobian" and request.mode == "auto" and mode_note and getattr(router, "chosen", None):
@@ -716,6 +718,7 @@ def _to_host(value: Any, key: str) -> tuple[Any, str]:
 def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: IO[str]) -> None:
     """Write the results where the request says (timed as the 'write' phase)."""
     from jaccli.io import outputs
+    from jaccli.report.record import for_output
     from jaccli.report.render import render_text
     from jaccli.scale.distributed import rank
 
@@ -729,12 +732,13 @@ def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: 
             _write_timings(outcome.timings, request)
         return
     with outcome.timings.phase("write"):
+        record = for_output(request, outcome.timings, fmt)  # before any write: inputs as read
         if request.out is not None and request.out != "-":
-            outputs.write_results(request.out, fmt, outcome.results)
+            outputs.write_results(request.out, fmt, outcome.results, record)
         elif fmt == "text":
             render_text(text_stdout, outcome.results, outcome.notes, outcome.dtypes, outcome.axes)
         else:
-            outputs.write_stream(stdout, fmt, outcome.results)
+            outputs.write_stream(stdout, fmt, outcome.results, record)
         if request.plot is not None:
             from jaccli.report.pictures import write_plot
 
@@ -817,11 +821,14 @@ def check_footer(timings: Timings, command: str, setup: Setup, dtype: str, reque
 def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str]) -> None:
     from jaccli.io import outputs
     from jaccli.io.streams import write_text
+    from jaccli.report.record import for_output
     from jaccli.report.render import render_checks
 
     fmt = output_format(request)
     doc = outcome.report.as_dict()
     with outcome.timings.phase("write"):
+        record = for_output(request, outcome.timings, fmt)
+        doc = {**doc, "record": record} if record else doc
         if request.out is not None and request.out != "-":
             outputs.atomic_write(request.out, lambda fh: fh.write(outputs.dump_document(doc, fmt).encode()))
         elif fmt == "text":
@@ -835,7 +842,8 @@ def _write_timings(timings: Timings, request: Request) -> None:
     if request.timings_path is None:
         return
     from jaccli.io import outputs
+    from jaccli.report.record import for_output
 
-    doc = timings.as_dict()
+    doc = {**timings.as_dict(), "record": for_output(request, timings)}
     fmt = outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
     outputs.atomic_write(request.timings_path, lambda fh: fh.write(outputs.dump_document(doc, fmt).encode()))
