@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from jaccli.cli.commands import main
 
 ROOT = Path(__file__).resolve().parent.parent
+RECORD = "__jac__"  # the reproducibility record's key in result files (jaccli.report.record)
 EXAMPLES = ROOT / "examples"
 
 
@@ -31,8 +32,21 @@ class Run:
         return self.stdout_bytes.decode("utf-8")
 
     def npz(self) -> dict[str, np.ndarray]:
+        """The results in an .npz on stdout (its reproducibility record, ``__jac__``, aside)."""
         with np.load(io.BytesIO(self.stdout_bytes), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            assert z.files[-1] == RECORD, z.files  # every .npz result ends with its record
+            return {k: z[k] for k in z.files if k != RECORD}
+
+    def record(self) -> dict:
+        """The reproducibility record of an .npz, JSON or YAML document on stdout."""
+        import json
+
+        if self.stdout_bytes.startswith(b"PK"):
+            with np.load(io.BytesIO(self.stdout_bytes), allow_pickle=False) as z:
+                return json.loads(str(z[RECORD][()]))
+        import yaml
+
+        return yaml.safe_load(self.stdout)[RECORD]
 
     def __repr__(self) -> str:  # shown by pytest when an assertion fails
         return f"Run(code={self.code}, stderr={self.stderr!r}, stdout={self.stdout_bytes[:500]!r})"

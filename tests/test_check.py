@@ -610,8 +610,16 @@ def run_check(folder, func: str, primals, *extra: str, variant: str = "yaml", da
         "json",
         "--no-timings",
     )
-    doc = json.loads(run.stdout) if run.code in (0, 1) else None
+    doc = without_record(json.loads(run.stdout)) if run.code in (0, 1) else None
     return run, doc
+
+
+def without_record(doc: dict) -> dict:
+    """A report less its reproducibility record, which must be there (tests/test_record.py)."""
+    doc = dict(doc)
+    record = doc.pop("record")
+    assert record["argv"][:2] == ["jac", "check"] and record["command"].startswith("check"), record
+    return doc
 
 
 def rows_of(doc) -> dict[str, dict]:
@@ -1169,7 +1177,7 @@ def test_out_writes_the_report_atomically(fns, workdir, monkeypatch):
 
     def spy(src, dst, *args, **kwargs):  # at the rename: the old file intact, the new one complete
         seen["old"] = open(dst).read()
-        seen["new"] = json.loads(open(src).read())
+        seen["new"] = without_record(json.loads(open(src).read()))
         seen["same_folder"] = os.path.dirname(os.path.abspath(src)) == os.path.dirname(os.path.abspath(dst))
         return real_replace(src, dst, *args, **kwargs)
 
@@ -1178,7 +1186,7 @@ def test_out_writes_the_report_atomically(fns, workdir, monkeypatch):
     assert run.code == 1, run  # the report of a failed check is still written
     assert run.stdout_bytes == b"", run
     assert seen == {"old": "an older report\n", "new": expected, "same_folder": True}
-    assert json.loads((workdir / "report.json").read_text()) == expected
+    assert without_record(json.loads((workdir / "report.json").read_text())) == expected
     assert sorted(os.listdir(workdir)) == ["report.json"]  # no temporary file left
     assert "load function" in run.stderr  # the timing table still goes to stderr
 
@@ -1187,7 +1195,7 @@ def test_out_yaml_and_stdout_dash(fns, workdir):
     _, expected = run_check(fns, "custom_sin", [X5])
     run = jac("check", target(fns, "custom_sin"), "-p", json.dumps(X5), "-o", "report.yaml")
     assert run.code == 0 and run.stdout_bytes == b"", run
-    assert yaml.safe_load((workdir / "report.yaml").read_text()) == expected
+    assert without_record(yaml.safe_load((workdir / "report.yaml").read_text())) == expected
     run = jac(
         "check",
         target(fns, "custom_sin"),
@@ -1199,7 +1207,7 @@ def test_out_yaml_and_stdout_dash(fns, workdir):
         "json",
         "--no-timings",
     )
-    assert run.code == 0 and json.loads(run.stdout) == expected, run
+    assert run.code == 0 and without_record(json.loads(run.stdout)) == expected, run
 
 
 def test_out_untouched_on_error(fns, workdir):
@@ -1232,7 +1240,7 @@ def test_format_yaml_matches_json(fns, func, code):
     _, expected = run_check(fns, func, [X5])
     run = jac("check", target(fns, func), "-p", json.dumps(X5), "--format", "yaml", "--no-timings")
     assert run.code == code, run
-    assert yaml.safe_load(run.stdout) == expected
+    assert without_record(yaml.safe_load(run.stdout)) == expected
 
 
 @pytest.mark.parametrize("fmt", ["npz", "npy"])
@@ -1254,7 +1262,14 @@ def test_timing_table_on_stderr(fns, fmt):
     elif fmt == "yaml":
         assert yaml.safe_load(run.stdout)["verdict"] == "FAIL"
     quiet = jac("check", target(fns, "sign_backward"), "-p", json.dumps(X5), "--format", fmt, "--no-timings")
-    assert quiet.code == 1 and quiet.stderr == "" and quiet.stdout == run.stdout, quiet
+    assert quiet.code == 1 and quiet.stderr == "", quiet
+    if fmt == "text":
+        assert quiet.stdout == run.stdout, quiet
+    else:  # the same report; the record names each command line
+        parse = json.loads if fmt == "json" else yaml.safe_load
+        loud, hushed = parse(run.stdout), parse(quiet.stdout)
+        assert without_record(hushed) == without_record(loud)
+        assert hushed["record"]["argv"] == [*loud["record"]["argv"], "--no-timings"]
 
 
 def test_user_prints_do_not_corrupt_the_report(fns):

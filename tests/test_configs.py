@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error, jac, write_module
+from conftest import RECORD, assert_clean_error, jac, write_module
 
 CUBE = """
     import torch
@@ -42,7 +42,9 @@ def project(workdir):
 
 def _json(run) -> dict[str, np.ndarray]:
     assert run.code == 0, run
-    return {k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in json.loads(run.stdout).items()}
+    doc = json.loads(run.stdout)
+    assert list(doc)[-1] == RECORD  # the results, then their reproducibility record
+    return {k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in doc.items() if k != RECORD}
 
 
 def _expected_jvp(x, v, scale=1.0):

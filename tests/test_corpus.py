@@ -942,7 +942,7 @@ def test_prints_go_to_stderr_and_stdout_holds_only_results(corpus: Path, how: li
     else:
         load = json.loads if "json" in how else yaml.safe_load
         doc = load(run.stdout)
-        assert set(doc) == {"output", "jvp"}
+        assert set(doc) == {"output", "jvp", "__jac__"}  # the results and their record
         assert doc["jvp"]["data"] == [2.0, 2.0]
         assert "noise" not in run.stdout
     assert "noise from the user function" in run.stderr

@@ -585,7 +585,7 @@ def test_prints_go_to_stderr_and_json_stdout_stays_clean(scene: Path, how: list[
     run = jac("jvp", "printmod:printer", "-p", X, "-t", V, *how)
     assert run.code == 0, run
     doc = json.loads(run.stdout)  # the whole of stdout is one JSON document
-    assert set(doc) == {"output", "jvp"}
+    assert set(doc) == {"output", "jvp", "__jac__"}  # the results and their record
     assert doc["jvp"]["shape"] == [3, 2]
     np.testing.assert_allclose(doc["jvp"]["data"], 2 * np.load(V))
     assert "hello from the user function" in run.stderr

@@ -170,7 +170,7 @@ def test_config_matches_torch(name, workdir):
     with np.load(workdir / "out.npz", allow_pickle=False) as z:
         got = {k: z[k] for k in z.files}
     expected = {k: v.detach().numpy() for k, v in REFERENCES[name]().items()}
-    assert list(got) == list(expected)
+    assert list(got) == [*expected, "__jac__"]  # the results, then their reproducibility record
     for key, want in expected.items():
         tol = 1e-5 if np.float32 in (got[key].dtype, want.dtype) else 1e-10
         np.testing.assert_allclose(got[key], want, rtol=tol, atol=tol, err_msg=f"{name}: {key}")

@@ -17,7 +17,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "jaccli"
 
 LAYERS = [
-    {"jaccli.errors", "jaccli.trees"},  # the shared vocabulary: exit codes, result keys
+    {"jaccli.errors", "jaccli.trees", "jaccli.__version__"},  # shared: exit codes, result keys
     {"jaccli.io"},  # FUNC loading, input sources, output writers
     {"jaccli.report"},  # timing table, text, pictures, progress
     {"jaccli.autodiff"},  # engines, routes, kernels, the function's first call
@@ -43,6 +43,8 @@ def _resolve(module: str, name: str) -> str:
     candidate = ROOT / (f"{module}.{name}".replace(".", "/"))
     if candidate.with_suffix(".py").exists() or (candidate / "__init__.py").exists():
         return f"{module}.{name}"
+    if (module, name) == ("jaccli", "__version__"):  # a string the package root defines
+        return "jaccli.__version__"
     return module
 
 

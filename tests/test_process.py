@@ -132,7 +132,7 @@ def test_stdin_npy_to_stdout_npz_matches_torch(tmp_path: Path):
     assert proc.stdout[:2] == b"PK"  # nothing but the archive on stdout
     with np.load(io.BytesIO(proc.stdout), allow_pickle=False) as z:
         got = {k: z[k] for k in z.files}
-    assert sorted(got) == ["jvp", "output"]
+    assert sorted(got) == ["__jac__", "jvp", "output"]  # the results and their record
 
     def loss(t):
         return 0.5 * torch.sin(t).pow(2).sum()
@@ -150,7 +150,7 @@ def test_out_dash_json_is_one_document_and_timings_stay_on_stderr(tmp_path: Path
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout.decode())  # the whole of stdout, one document
-    assert list(doc) == ["jacobian"]
+    assert list(doc) == ["jacobian", "__jac__"]  # the result and its record
     assert doc["jacobian"]["shape"] == [3, 3, 2]
     expected = torch.func.jacrev(lambda t: 2 * t.sum(dim=1))(torch.ones(3, 2))
     np.testing.assert_array_equal(np.array(doc["jacobian"]["data"]), expected.numpy())

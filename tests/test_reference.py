@@ -1396,7 +1396,8 @@ def test_select(feat, workdir):
 
 def _document_arrays(doc: dict) -> dict[str, np.ndarray]:
     out = {}
-    for key, entry in doc.items():
+    assert list(doc)[-1] == "__jac__", list(doc)  # the results, then their reproducibility record
+    for key, entry in list(doc.items())[:-1]:
         assert set(entry) == {"dtype", "shape", "data"}, entry
         array = np.array(entry["data"], dtype=entry["dtype"])
         assert list(array.shape) == entry["shape"]
@@ -1433,7 +1434,8 @@ def test_out_file_formats(feat, workdir, suffix):
     assert run.stdout_bytes == b""  # results went to the file
     if suffix == ".npz":
         with np.load(path) as z:
-            got = {k: z[k] for k in z.files}
+            assert z.files[-1] == "__jac__"  # the results, then their reproducibility record
+            got = {k: z[k] for k in z.files[:-1]}
     elif suffix == ".npy":
         got = {"jacobian.1": np.load(path)}
     elif suffix == ".json":

@@ -80,7 +80,7 @@ def test_full_disk_mid_write(old_file: Path, monkeypatch):
     """ENOSPC after part of the file is written: the old file stays, the temporary one goes."""
     real = outputs.encode
 
-    def half_then_full(fh, fmt, results):
+    def half_then_full(fh, fmt, results, record=None):
         fh.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 

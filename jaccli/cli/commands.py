@@ -94,7 +94,11 @@ def _request(command: str, options: dict[str, Any]):
     known = {f.name for f in fields(Request)}
     values = {_RENAMED.get(k, k): v for k, v in options.items() if k not in _CLI_ONLY}
     values["kwargs"] = dict(values.get("kwargs", ()))
+    values["argv"] = list(_ARGV) if _ARGV is not None else None  # for the record (report.record)
     return Request(command=command, **{k: v for k, v in values.items() if k in known})
+
+
+_ARGV: list[str] | None = None  # this command line, as main received it
 
 
 def _quiet(options: dict[str, Any]) -> bool:
@@ -520,6 +524,9 @@ def sparsity(**options: Any) -> None:
     request = _request("sparsity", options)
     quiet = _quiet(options)
     outcome = run_pattern(request, hessian)
+    from jaccli.pipeline.delivery import write_timings
+
+    write_timings(outcome.timings, request)  # --timings, as every command writes it
     if not quiet:
         render_pattern(sys.stdout, outcome, request.format)
         if not options["no_timings"]:
@@ -593,6 +600,8 @@ def main(argv: list[str] | None = None, prog_name: str = "jac") -> None:
 
     shadowing.install()  # before any lazy import: a yaml.py in the current folder is not jac's yaml
     Flags.debug = False
+    global _ARGV
+    _ARGV = [prog_name, *(sys.argv[1:] if argv is None else argv)]
     code: int = ExitCode.OK
     reader_gone = False
     previous = _on_sigterm()

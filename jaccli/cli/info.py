@@ -1,20 +1,19 @@
-"""``jac info``: what jac runs on, for bug reports and for scripts choosing a device."""
+"""``jac info``: what jac runs on, for bug reports and for scripts choosing a device.
+
+Its first keys are :func:`jaccli.report.record.environment`, as every result file's record holds them.
+"""
 
 from __future__ import annotations
 
-import platform
-import sys
 from typing import IO, Any
 
 
 def gather() -> dict[str, Any]:
     import click
-    import numpy
     import rich  # noqa: F401 - its version comes from metadata
     import torch
     import yaml
 
-    from jaccli import __version__
     from jaccli.autodiff.devices import available_devices
 
     devices = []
@@ -28,13 +27,10 @@ def gather() -> dict[str, Any]:
                 capability=f"{props.major}.{props.minor}",
             )
         devices.append(entry)
+    from jaccli.report.record import environment
+
     return {
-        "jac": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": str(torch.__version__),
-        "torch_cuda": torch.version.cuda,
-        "numpy": numpy.__version__,
+        **environment(),  # what every result file's record says (jaccli.report.record)
         "click": _version("click", click),
         "rich": _version("rich", None),
         "pyyaml": yaml.__version__,

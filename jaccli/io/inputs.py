@@ -2,11 +2,14 @@
 
 Nothing here unpickles or executes data: ``.npy``/``.npz`` are read with ``allow_pickle=False``
 and YAML with ``yaml.safe_load``. A source yields either a :class:`Generator` (its shape is
-decided later, from the primal or output it stands for) or a list of :class:`Array`.
+decided later, from the primal or output it stands for) or a list of :class:`Array`. The
+reproducibility record jac writes into its own results (an ``.npz`` entry or a top-level key
+``__jac__``, see :mod:`jaccli.report.record`) is skipped, so a result file is an input as is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -22,6 +25,7 @@ import numpy as np
 
 from jaccli.errors import InputError, describe, excerpt, human_size, quoted
 from jaccli.io import safeyaml
+from jaccli.io.outputs import RECORD_KEY  # a result file's record: not an array to read
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _INT_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64")
@@ -106,7 +110,17 @@ class Stdin:
         data = stream.read()
         if not data:
             raise InputError(f"{origin}: standard input is empty; pipe .npy, .npz or YAML into jac")
+        global _stdin_sha256
+        _stdin_sha256 = hashlib.sha256(data).hexdigest()
         return data
+
+
+_stdin_sha256: str | None = None  # of the bytes read from standard input last
+
+
+def stdin_sha256() -> str | None:
+    """The sha256 of what standard input held, once read (for jaccli.report.record)."""
+    return _stdin_sha256
 
 
 def read_source(text: str, option: str, stdin: Stdin | None = None) -> Source:
@@ -287,7 +301,7 @@ def _read_npz(file: Any, origin: str) -> list[Array]:
         raise InputError(f"{origin} is not a valid .npz file ({exc}); is it truncated?") from exc
     arrays = []
     with archive:
-        members = archive.infolist()
+        members = [m for m in archive.infolist() if m.filename != RECORD_KEY + ".npy"]
         if not members:
             raise InputError(f"{origin} holds no arrays")
         for info in members:
@@ -374,6 +388,8 @@ def _from_document(obj: Any, origin: str) -> list[Array]:
     """A number or nested list; ``{data: ..., dtype: ...}``; or a mapping or list of those."""
     if obj is None:
         raise InputError(f"{origin} is empty; give a number, a nested list or {{data: ..., dtype: ...}}")
+    if isinstance(obj, dict) and RECORD_KEY in obj:  # a result file of jac's: its record is no array
+        obj = {key: value for key, value in obj.items() if key != RECORD_KEY}
     if isinstance(obj, dict) and "data" not in obj:
         if not obj:
             raise InputError(f"{origin} is an empty mapping; give arrays as name: value")

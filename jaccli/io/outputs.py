@@ -5,7 +5,9 @@ over it, so a reader sees the old file or the complete new one, never a part. De
 are checked before any work, so a bad ``-o`` costs nothing and changes nothing.
 
 JSON and YAML documents map each key to ``{dtype, shape, data}``: jac reads them back as
-inputs (``-p results.json`` gives one primal per key).
+inputs (``-p results.json`` gives one primal per key). Given a reproducibility record
+(:mod:`jaccli.report.record`), JSON and YAML documents and ``.npz`` files carry it under the
+reserved key ``__jac__``, which jac's readers skip; a ``.npy`` has no room for it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import IO, Any, Callable
 from jaccli.errors import InputError
 from jaccli.io.streams import write_all
 
+RECORD_KEY = "__jac__"  # where result files keep their reproducibility record (jaccli.report.record)
 FORMATS = ("text", "json", "yaml", "npz", "npy")
 BINARY_FORMATS = ("npz", "npy")
 SUFFIXES = {".npz": "npz", ".npy": "npy", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
@@ -118,24 +121,37 @@ def _mode_for(path: str) -> int:
         return 0o666 & ~umask
 
 
-def write_results(path: str, fmt: str, results: dict[str, Any]) -> None:
+def write_results(path: str, fmt: str, results: dict[str, Any], record: dict | None = None) -> None:
     """Write ``{key: ndarray}`` to ``path`` in ``fmt`` (npz, npy, yaml, json), atomically."""
-    atomic_write(path, lambda fh: encode(fh, fmt, results))
+    atomic_write(path, lambda fh: encode(fh, fmt, results, record))
 
 
-def encode(fh: IO[bytes], fmt: str, results: dict[str, Any]) -> None:
-    """Write ``results`` to a binary stream in ``fmt`` (not text: that is render's)."""
+def encode(fh: IO[bytes], fmt: str, results: dict[str, Any], record: dict | None = None) -> None:
+    """Write ``results`` (and ``record`` where the format has room) to a binary stream in ``fmt``
+    (not text: that is render's)."""
     import numpy as np
 
     if fmt == "npz":
-        np.savez(fh, **results)
+        np.savez(fh, **results, **({RECORD_KEY: record_entry(record)} if record else {}))
     elif fmt == "npy":
         (array,) = results.values()
         np.save(fh, array, allow_pickle=False)
     elif fmt in ("json", "yaml"):
-        fh.write(dump_document(document(results), fmt).encode("utf-8"))
+        doc = document(results)
+        if record:
+            doc[RECORD_KEY] = record
+        fh.write(dump_document(doc, fmt).encode("utf-8"))
     else:
         raise ValueError(f"encode: unknown format {fmt!r}")
+
+
+def record_entry(doc: dict[str, Any]) -> Any:
+    """A record as a ``.npz`` entry: a 0-d numpy string of JSON, read with ``allow_pickle=False``."""
+    import json
+
+    import numpy as np
+
+    return np.array(json.dumps(doc, allow_nan=False, default=str))
 
 
 def document(results: dict[str, Any]) -> dict[str, Any]:
@@ -173,12 +189,12 @@ def check_stream(stream: IO[bytes], fmt: str) -> None:
         )
 
 
-def write_stream(stream: IO[bytes], fmt: str, results: dict[str, Any]) -> None:
+def write_stream(stream: IO[bytes], fmt: str, results: dict[str, Any], record: dict | None = None) -> None:
     """Write to standard output, all at once (a failure mid-way writes no partial document)."""
     check_stream(stream, fmt)
     buffer = io.BytesIO()
     try:
-        encode(buffer, fmt, results)
+        encode(buffer, fmt, results, record)
         write_all(stream, buffer.getvalue())  # every byte, or an error: never a silent short write
     except OSError as exc:
         raise InputError(f"cannot write to standard output: {exc.strerror or exc}") from exc

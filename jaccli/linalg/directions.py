@@ -145,6 +145,7 @@ def run_directions(request: Any) -> Any:
     with timings.phase("first call"):
         tree = compute.first(candidates, trial=bool(request.repeat))
     timings.notes.extend(compute.fallbacks)
+    timings.routes = dict(compute.timed or {})  # for the record (jaccli.report.record)
     if compute.timed:
         from jaccli.report.render import duration
 

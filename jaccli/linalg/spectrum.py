@@ -491,16 +491,18 @@ def deliver_spectrum(outcome: SpectrumOutcome, text_stdout: IO[str], stdout: IO[
     from jaccli.io import outputs
     from jaccli.pipeline.delivery import write_timings
     from jaccli.pipeline.request import output_format
+    from jaccli.report.record import for_output
 
     request = outcome.request
     fmt = output_format(request)
     with outcome.timings.phase("write"):
+        record = for_output(request, outcome.timings, fmt)
         if request.out is not None and request.out != "-":
-            outputs.write_results(request.out, fmt, outcome.results)
+            outputs.write_results(request.out, fmt, outcome.results, record)
         elif fmt == "text":
             render(text_stdout, outcome)
         else:
-            outputs.write_stream(stdout, fmt, outcome.results)
+            outputs.write_stream(stdout, fmt, outcome.results, record)
     write_timings(outcome.timings, request)
 
 

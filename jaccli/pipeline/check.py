@@ -72,11 +72,14 @@ def _check(request: Request) -> CheckOutcome:
 def deliver_check(outcome: CheckOutcome, request: Request, text_stdout: IO[str]) -> None:
     from jaccli.io import outputs
     from jaccli.io.streams import write_text
+    from jaccli.report.record import for_output
     from jaccli.report.render import render_checks
 
     fmt = output_format(request)
     doc = outcome.report.as_dict()
     with outcome.timings.phase("write"):
+        record = for_output(request, outcome.timings, fmt)
+        doc = {**doc, "record": record} if record else doc
         if request.out is not None and request.out != "-":
             outputs.atomic_write(request.out, lambda fh: fh.write(outputs.dump_document(doc, fmt).encode()))
         elif fmt == "text":

@@ -68,6 +68,7 @@ def compute(request: Request, problem: Problem, plan: Plan) -> Result:
         else:
             tree = router()
     choice = _choice(router)
+    timings.routes = dict(getattr(router, "timed", None) or {})  # for the record (report.record)
     if choice:
         timings.footer["choice"] = choice
     mode_note = _mode_note(request, routes.mode_note, router, bool(choice))

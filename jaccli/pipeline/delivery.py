@@ -121,6 +121,7 @@ def _notes(
 def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: IO[str]) -> None:
     """Write the results where the request says (timed as the 'write' phase)."""
     from jaccli.io import outputs
+    from jaccli.report.record import for_output
     from jaccli.report.render import render_text
     from jaccli.scale.distributed import rank
 
@@ -132,12 +133,13 @@ def deliver(outcome: Outcome, request: Request, stdout: IO[bytes], text_stdout: 
             write_timings(outcome.timings, request)
         return
     with outcome.timings.phase("write"):
+        record = for_output(request, outcome.timings, fmt)  # before any write: inputs as read
         if request.out is not None and request.out != "-":
-            outputs.write_results(request.out, fmt, outcome.results)
+            outputs.write_results(request.out, fmt, outcome.results, record)
         elif fmt == "text":
             render_text(text_stdout, outcome.results, outcome.notes, outcome.dtypes, outcome.axes)
         else:
-            outputs.write_stream(stdout, fmt, outcome.results)
+            outputs.write_stream(stdout, fmt, outcome.results, record)
         if request.plot is not None:
             from jaccli.report.pictures import write_plot
 
@@ -160,7 +162,8 @@ def write_timings(timings: Timings, request: Request) -> None:
     if request.timings_path is None:
         return
     from jaccli.io import outputs
+    from jaccli.report.record import for_output
 
-    doc = timings.as_dict()
+    doc = {**timings.as_dict(), "record": for_output(request, timings)}
     fmt = outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
     outputs.atomic_write(request.timings_path, lambda fh: fh.write(outputs.dump_document(doc, fmt).encode()))

@@ -72,6 +72,7 @@ class Request:
     tol: float | None = None  # spectrum: ARPACK's relative accuracy (None: machine precision)
     sparse: bool = False  # jacobian, jacfwd, jacrev, hessian, check: a scipy.sparse result (jaccli.sparse)
     sparsity: str | None = None  # a pattern file to use instead of detecting one (implies sparse)
+    argv: list[str] | None = None  # the command line ("jac", ...) for the record; None from Python
 
 
 @dataclass

@@ -53,6 +53,8 @@ class Timings:
     remarks: list[str] = field(
         default_factory=list
     )  # what jac noticed about the function (jaccli.autodiff.trust)
+    routes: dict[str, float] = field(default_factory=dict)  # a trial: route -> first-call seconds
+    record: dict[str, Any] | None = None  # made once per command (jaccli.report.record)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

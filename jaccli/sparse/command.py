@@ -19,6 +19,7 @@ from jaccli.sparse.files import SparseResult
 
 SPARSE_COMMANDS = ("jacfwd", "jacrev", "jacobian", "hessian")
 _NAMES = {"forward": "forward", "reverse": "reverse", "symmetric": "symmetric"}
+TRACED = "traced (make_fx)"  # the engine of jac sparsity
 
 
 def _validate(request: Any, commands: tuple[str, ...]) -> None:
@@ -330,10 +331,12 @@ def _format(request: Any) -> str:
 
 def deliver_sparse(outcome: Any, request: Any, stdout: IO[bytes], text_stdout: IO[str]) -> None:
     from jaccli.pipeline.delivery import write_timings
+    from jaccli.report.record import for_output
     from jaccli.sparse import files
 
     with outcome.timings.phase("write"):
-        files.write(request.out, _format(request), outcome.sparse, stdout, text_stdout)
+        record = for_output(request, outcome.timings, _format(request))
+        files.write(request.out, _format(request), outcome.sparse, stdout, text_stdout, record)
     write_timings(outcome.timings, request)
 
 
@@ -363,6 +366,12 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
         if not request.out.endswith(".npz"):
             raise InputError(f"-o {request.out}: a pattern is written as .npz (scipy.sparse's format)")
         outputs.check_destination(request.out)
+    if request.timings_path is not None:  # checked before any work, as every command does
+        from jaccli.io import outputs
+        from jaccli.pipeline import TIMINGS_FORMATS
+
+        outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
+        outputs.check_destination(request.timings_path, "--timings")
     if request.format not in ("text", "json", "yaml"):
         raise InputError(
             f"jac sparsity prints a summary: use --format text, json or yaml, not {request.format}"
@@ -380,15 +389,23 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
                 fwd = _colour("forward", pattern, {})
                 colourings = {"forward": fwd, "reverse": _colour("reverse", pattern, {}, fwd)}
         if request.out not in (None, "-"):
+            from jaccli.report.record import for_output
             from jaccli.sparse import files
 
-            with timings.phase("write"):
+            with timings.phase("write"):  # the footer comes later: the record is told what it will say
+                dtype = str(problem.setup.primals[0].dtype).replace("torch.", "")
+                facts = {"engine": TRACED, "device": str(problem.setup.device), "dtype": dtype}
                 files.save_pattern(
-                    request.out, "hessian" if hessian else "jacobian", pattern, colourings, fallbacks
+                    request.out,
+                    "hessian" if hessian else "jacobian",
+                    pattern,
+                    colourings,
+                    fallbacks,
+                    for_output(request, timings, "npz", command="sparsity", **facts),
                 )
         setup = problem.setup
         timings.series("function alone", lambda: setup.fn(*setup.primals), request.repeat, request.warmup)
-        footer(timings, "sparsity", "traced (make_fx)", setup)
+        footer(timings, "sparsity", TRACED, setup)
         del torch
     m, n = pattern.shape
     summary = {
@@ -404,6 +421,10 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
     }
     if request.out not in (None, "-"):
         summary["written"] = request.out
+    if request.format in ("json", "yaml"):
+        from jaccli.report.record import for_output
+
+        summary["record"] = for_output(request, timings, request.format)
     return PatternOutcome(summary, timings)
 
 

@@ -13,6 +13,9 @@ matrices are stacked block-diagonally, sample after sample (``samples`` says how
 A pattern file (``jac sparsity -o P.npz``) is the same CSR layout of booleans, also readable
 by ``scipy.sparse.load_npz``, with ``kind`` (jacobian or hessian) and the colourings found
 (``column_colours``, ``row_colours`` or ``star_colours``).
+
+Both carry jac's reproducibility record as an entry ``__jac__`` (JSON text in a 0-d string;
+see :mod:`jaccli.report.record`), which ``scipy.sparse.load_npz`` and jac's readers ignore.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def _require_scipy() -> None:
         raise InputError("--sparse needs scipy: pip install 'jaccli[sparse]'") from None
 
 
-def save_result(fh: IO[bytes], result: SparseResult) -> None:
+def save_result(fh: IO[bytes], result: SparseResult, record: dict | None = None) -> None:
     import numpy as np
 
     m = result.matrix.tocsr()
@@ -102,7 +105,16 @@ def save_result(fh: IO[bytes], result: SparseResult) -> None:
     }
     if result.samples is not None:
         arrays["samples"] = np.array(result.samples)
+    _add_record(arrays, record)
     np.savez(fh, **arrays)
+
+
+def _add_record(arrays: dict[str, Any], record: dict | None) -> None:
+    """The reproducibility record, an entry scipy.sparse.load_npz ignores (jaccli.report.record)."""
+    if record:
+        from jaccli.io import outputs
+
+        arrays[outputs.RECORD_KEY] = outputs.record_entry(record)
 
 
 def document(result: SparseResult) -> dict[str, Any]:
@@ -138,14 +150,26 @@ def document(result: SparseResult) -> dict[str, Any]:
     return doc
 
 
-def write(path: str | None, fmt: str, result: SparseResult, stdout: IO[bytes], text: IO[str]) -> None:
+def write(
+    path: str | None,
+    fmt: str,
+    result: SparseResult,
+    stdout: IO[bytes],
+    text: IO[str],
+    record: dict | None = None,
+) -> None:
     from jaccli.io import outputs
 
     def encode(fh: IO[bytes]) -> None:
         if fmt == "npz":
-            save_result(fh, result)
+            save_result(fh, result, record)
         elif fmt in ("json", "yaml"):
-            fh.write(outputs.dump_document(document(result), fmt).encode("utf-8"))
+            doc = document(result)
+            if record:
+                from jaccli.report.record import KEY
+
+                doc[KEY] = record
+            fh.write(outputs.dump_document(doc, fmt).encode("utf-8"))
         else:
             raise InputError(f"a sparse result is written as .npz, .json or .yaml, not .{fmt}")
 
@@ -196,7 +220,12 @@ COLOUR_KEYS = {"forward": "column_colours", "reverse": "row_colours", "symmetric
 
 
 def save_pattern(
-    path: str, kind: str, pattern: Any, colourings: dict[str, Any], fallbacks: list[str]
+    path: str,
+    kind: str,
+    pattern: Any,
+    colourings: dict[str, Any],
+    fallbacks: list[str],
+    record: dict | None = None,
 ) -> None:
     import numpy as np
 
@@ -214,6 +243,7 @@ def save_pattern(
     }
     for mode, colours in colourings.items():
         arrays[COLOUR_KEYS[mode]] = np.asarray(colours, np.int64)
+    _add_record(arrays, record)
     outputs.atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
