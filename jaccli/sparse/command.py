@@ -368,7 +368,7 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
         outputs.check_destination(request.out)
     if request.timings_path is not None:  # checked before any work, as every command does
         from jaccli.io import outputs
-        from jaccli.pipeline import TIMINGS_FORMATS
+        from jaccli.pipeline.request import TIMINGS_FORMATS
 
         outputs.format_for_path(request.timings_path, "--timings", TIMINGS_FORMATS)
         outputs.check_destination(request.timings_path, "--timings")
