@@ -14,12 +14,17 @@ so) when torch.func cannot transform the function:
 With ``--repeat`` (steady state matters) the routes marked ``trial`` are timed on the first
 chunk and the fastest kept, as ``--mode auto`` does. When the K products and the work of
 computing them at once would not fit in ``--max-memory`` (default: 80% of free memory), the
-directions go in chunks. A result larger than memory is refused (streaming it to ``.npy`` is
-not done for directions yet).
+directions go in chunks. When the results themselves would not fit, the one written to
+``-o R.npy`` (one result, or ``--select KEY``) is streamed: each chunk of directions is
+computed and its slice of the leading axis written straight into the file (see
+:mod:`jaccli.npyfile`: atomic, no file unless every chunk was written), never holding the
+whole result; any other output is refused with one line before any work. The directions
+themselves (the tangents or cotangents, K of them) are held in memory either way.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -136,20 +141,30 @@ def run_directions(request: Any) -> Any:
     if request.strict:
         transforms.strict_check(fn, primals, tuple(range(len(primals))), request.has_aux)
 
-    chunk = _chunk(request, primals, output, k)
-    compute = Products(command, fn, primals, directions, request.has_aux, batch, chunk)
+    rename = (lambda key: modules.rename_key(key, command, names, 0)) if names else (lambda key: key)
+    products = [
+        rename(key) for key, _ in trees.leaves(output if command == "jvp" else tuple(primals), command)
+    ]
+    keys = [key for key, _ in trees.leaves(output, "output")] + products
+    keys += [rename(key) for key, _ in trees.leaves(aux, "aux")] if request.has_aux else []
+    if request.select is not None and request.select not in keys:
+        raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(keys)}")
+    chosen = [request.select] if request.select else keys
+    from jaccli.outputs import check_count
+    from jaccli.runner import output_format
+
+    check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
+    to_file = output_format(request) == "npy" and request.out not in (None, "-") and chosen[0] in products
+    plan = plan_directions(request, primals, output, k, streamable=to_file, products=products)
+    compute = Products(command, fn, primals, directions, request.has_aux, batch, plan.chunk)
     candidates = routes_for(command, request.engine, batch is not None, request.has_aux)
+    if plan.streamed:
+        return _stream(request, setup, compute, candidates, plan, chosen[0], rename)
     with timings.phase("first call"):
         tree = compute.first(candidates, trial=bool(request.repeat))
-    timings.notes.extend(compute.fallbacks)
-    if compute.timed:
-        from jaccli.render import duration
-
-        timings.footer["choice"] = "fastest on the first chunk of " + ", ".join(
-            f"{name} {duration(t)}" for name, t in compute.timed.items()
-        )
-    if chunk < k:
-        timings.footer["memory"] = f"memory: computed in chunks of {chunk} directions ({compute.why})"
+    _chose(timings, compute)
+    if plan.chunk < k:
+        timings.footer["memory"] = f"memory: computed in chunks of {plan.chunk} directions ({plan.why})"
     first = timings.get("first call").times[0]
     timings.series("steady-state compute", compute.run, request.repeat, request.warmup, per_run_s=first)
     timings.series(
@@ -162,19 +177,13 @@ def run_directions(request: Any) -> Any:
         whole = {"output": output, command: tree}
         if request.has_aux:
             whole["aux"] = aux
-        rename = (lambda key: modules.rename_key(key, command, names, 0)) if names else (lambda key: key)
         flat = {rename(key): value for key, value in trees.leaves(whole)}
-        if request.select is not None and request.select not in flat:
-            raise InputError(f"--select {request.select!r}: no such result; the keys are {', '.join(flat)}")
-        chosen = [request.select] if request.select else list(flat)
-        from jaccli.outputs import check_count
-        from jaccli.runner import output_format
-
-        check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
+        if list(flat) != keys:  # predicted from the structures above: a bug in jac if not
+            raise AssertionError(f"result keys {list(flat)} differ from the predicted {keys}")
         results, dtypes, notes = {}, {}, {}
         for key in chosen:
             results[key], dtypes[key] = _to_host(flat[key], key)
-            if key.startswith(command):
+            if key in products:
                 notes[key] = f"a leading axis of {k} directions: one {command} per direction" + (
                     ", then the batch" if batch is not None else ""
                 )
@@ -182,8 +191,29 @@ def run_directions(request: Any) -> Any:
     return Outcome(results, notes, dtypes, timings)
 
 
-def _chunk(request: Any, primals: list, output: Any, k: int) -> int:
-    """Directions per chunk so that the results and the work in flight fit in memory."""
+def _chose(timings: Any, compute: Products) -> None:
+    """The fallbacks and the trial's times, for the timing table."""
+    timings.notes.extend(compute.fallbacks)
+    if compute.timed:
+        from jaccli.render import duration
+
+        timings.footer["choice"] = "fastest on the first chunk of " + ", ".join(
+            f"{name} {duration(t)}" for name, t in compute.timed.items()
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    chunk: int  # directions per chunk (K: all at once)
+    streamed: bool = False  # the one result written to -o R.npy a chunk at a time
+    why: str = ""  # for the timing table: the sizes that decided
+
+
+def plan_directions(
+    request: Any, primals: list, output: Any, k: int, streamable: bool, products: list[str]
+) -> Plan:
+    """Directions per chunk so that the results and the work in flight fit in memory; streamed
+    into ``-o R.npy`` when the results alone would not (``streamable``), else an input error."""
     from jaccli.memory import allowed_bytes
 
     itemsize = max([p.element_size() for p in primals] + [t.element_size() for _, t in trees.leaves(output)])
@@ -195,13 +225,90 @@ def _chunk(request: Any, primals: list, output: Any, k: int) -> int:
     where = "--max-memory" if request.max_memory is not None else "80% of the memory free now"
     result = k * per_direction
     if result + work > allowed:
-        raise InputError(
-            f"--directions {k}: the {request.command} results would take {human_size(result)}, more than "
-            f"{where} ({human_size(allowed)}); ask for fewer directions per run, or raise --max-memory"
-        )
+        if not streamable:
+            raise InputError(
+                f"--directions {k}: the {request.command} results would take {human_size(result)}, more "
+                f"than {where} ({human_size(allowed)}); write one straight to disk, a chunk at a time, with "
+                f"-o R.npy --select KEY (KEY: {', '.join(products)}), ask for fewer directions per run, or "
+                "raise --max-memory"
+            )
+        # in flight per direction: its products, their copy on the way to the file, and the work
+        chunk = max(1, min(k, allowed // (2 * per_direction + work)))
+        return Plan(chunk, True, f"the results take {human_size(result)}; {where} is {human_size(allowed)}")
     if result + k * work <= allowed:
-        return k
-    return max(1, int((allowed - result) // work))
+        return Plan(k)
+    chunk = max(1, int((allowed - result) // work))
+    why = f"{chunk} of {k} directions at a time fit in memory"
+    return Plan(chunk, False, why)
+
+
+def _stream(
+    request: Any, setup: Any, compute: Products, candidates: list, plan: Plan, key: str, rename: Any
+) -> Any:
+    """The one result ``key`` computed a chunk of directions at a time, each chunk's slice written
+    straight into ``-o R.npy`` (no repeats: each would recompute and rewrite the whole result)."""
+    import numpy as np
+
+    from jaccli import progress
+    from jaccli.npyfile import NpyWriter, check_room
+    from jaccli.routing import evaluate
+    from jaccli.runner import Outcome, _footer, _to_host
+    from jaccli.streaming import Streamed
+    from jaccli.timing import Phase
+
+    timings, command, k, chunk = setup.timings, request.command, compute.k, plan.chunk
+
+    def part(tree: Any) -> Any:
+        return {rename(name): leaf for name, leaf in trees.leaves(tree, command)}[key]
+
+    with timings.phase("first call"):  # the route, chosen on one direction
+        head = part(compute.first(candidates, trial=bool(request.repeat), stop=1))
+    _chose(timings, compute)
+    sample, dtype = _to_host(head[:0], key)
+    shape = (k, *head.shape[1:])
+    check_room(request.out, math.prod(shape) * sample.dtype.itemsize)
+    report = Streamed(key, request.out, shape, dtype, label=f"{compute.label} over {k} directions")
+    report.fallbacks = compute.fallbacks
+    writer = NpyWriter(request.out, shape, math.prod(shape[1:]), sample.dtype)
+    nan = inf = 0
+    try:
+        with progress.bar(f"{key} -> {request.out}", k if chunk < k else 0) as shown:
+            for lo in range(0, k, chunk):
+                hi = min(lo + chunk, k)
+                began = time.perf_counter()
+                block, _ = _to_host(part(compute.chunk_of(lo, hi)), key)
+                timings.sync()
+                middle = time.perf_counter()
+                if block.dtype.kind in "fc":
+                    nan += int(np.isnan(block).sum())
+                    inf += int(np.isinf(block).sum())
+                writer.write(lo, 0, block.reshape(hi - lo, -1))
+                report.compute_s += middle - began
+                report.write_s += time.perf_counter() - middle
+                report.chunks += 1
+                shown.advance(hi - lo)
+        began = time.perf_counter()
+        writer.commit()
+        report.write_s += time.perf_counter() - began
+    except BaseException:  # an error, Ctrl-C: no file, and the old one kept
+        writer.discard()
+        raise
+    report.non_finite = (nan, inf)
+    timings.phases.append(Phase("steady-state compute", [report.compute_s], is_series=True))
+    timings.series(
+        "function alone",
+        lambda: evaluate(setup.fn, setup.primals, request.batch_dim, request.engine, request.randomness),
+        request.repeat,
+        request.warmup,
+    )
+    timings.phases.append(Phase("write", [report.write_s]))
+    timings.footer["memory"] = (
+        f"memory: streamed to {request.out} in chunks of {chunk} directions ({plan.why}); "
+        "steady-state compute is that one run, not repeated"
+    )
+    getattr(setup.fn, "restore_state", lambda: None)()
+    _footer(timings, command, report.label, setup)
+    return Outcome({}, {}, {key: dtype}, timings, streamed=report)
 
 
 class Products:
@@ -214,15 +321,17 @@ class Products:
         self.route: Route | None = None
         self.fallbacks: list[str] = []
         self.timed: dict[str, float] = {}
-        self.why = f"{self.chunk} of {self.k} directions at a time fit in memory"
 
     @property
     def label(self) -> str:
         route = self.route.name if self.route else "?"
         autograd = self.route is not None and self.route.engine == "autograd"
-        return f"{route} ({'torch.autograd' if autograd else 'torch.func'})"
+        engine = "torch.autograd" if autograd else "torch.func"
+        return route if engine in route else f"{route} ({engine})"
 
-    def first(self, candidates: list[Route], trial: bool) -> Any:
+    def first(self, candidates: list[Route], trial: bool, stop: int | None = None) -> Any:
+        """The products of directions ``[0:stop]`` (default: all) by the first route that works,
+        or under ``trial`` the fastest of those that do (timed on the first chunk)."""
         from jaccli.transforms import failure_reason, guarded
 
         working: list[tuple[Route, Any, float]] = []
@@ -232,7 +341,7 @@ class Products:
                 break
             try:
                 start = time.perf_counter()
-                tree = self._run(route)
+                tree = self._run(route, stop)
                 elapsed = time.perf_counter() - start
             except Exception as exc:
                 reason = failure_reason(exc)
@@ -269,13 +378,25 @@ class Products:
 
         return guarded(lambda: self._run(self.route), self.command)
 
-    def _run(self, route: Route) -> Any:
+    def chunk_of(self, start: int, stop: int) -> Any:
+        """The products of directions ``[start:stop]`` by the chosen route."""
+        from jaccli.transforms import guarded
+
+        return guarded(lambda: self._chunk(self.route, start, stop), self.command)
+
+    def _run(self, route: Route, stop: int | None = None) -> Any:
         import torch
 
-        parts = [
-            self._chunk(route, start, min(start + self.chunk, self.k))
-            for start in range(0, self.k, self.chunk)
-        ]
+        from jaccli import progress
+
+        stop = self.k if stop is None else stop
+        parts = []
+        with progress.bar(
+            f"{self.command} (chunks of directions)", stop if self.chunk < stop else 0
+        ) as shown:
+            for start in range(0, stop, self.chunk):
+                parts.append(self._chunk(route, start, min(start + self.chunk, stop)))
+                shown.advance(min(self.chunk, stop - start))
         if len(parts) == 1:
             return parts[0]
         stacked = [
