@@ -419,6 +419,8 @@ def _plan_memory(request, setup, routed, layout, rename, chosen, sample_primals,
     itemsize = max([primals[0].element_size()] + [t.element_size() for _, t in trees.leaves(output)])
     mode = "fwd" if routed == "jacfwd" else "rev"
     requested = {"jacfwd": "fwd", "jacrev": "rev"}.get(request.command, request.mode)
+    call_s = setup.timings.get("function, first call").times[0]
+    probe = memory.Probe(setup.fn, primals, setup.argnums, request.has_aux, call_s, setup.device.type)
     plan = memory.plan(
         request.command,
         found,
@@ -429,6 +431,7 @@ def _plan_memory(request, setup, routed, layout, rename, chosen, sample_primals,
         streamable,
         stream_as=requested,
         distributed=distributed.launched(),
+        probe=probe,
     )
     if plan.how == memory.STREAMED and distributed.rank() == 0:
         from jaccli.npyfile import check_room
