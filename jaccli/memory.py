@@ -249,8 +249,9 @@ def measure_pass(
 ) -> Pass | None:
     """What one pass of ``mode`` holds at its peak: the function evaluated with its graph, then a
     reverse pass with one cotangent (ones; the one-hot vectors themselves are counted apart);
-    or, for forward mode, one evaluation with one tangent (ones). None when the function
-    cannot be evaluated so (jac then counts as before)."""
+    or, for forward mode, one evaluation with one tangent (ones), less a plain evaluation (the
+    values are computed once, only the tangents per pass). None when the function cannot be
+    evaluated so (jac then counts as before)."""
     import torch
 
     from jaccli import trees
@@ -259,14 +260,18 @@ def measure_pass(
     args = list(primals)
     try:
         with _Watch() as watch, torch.enable_grad():
-            if mode == "fwd":
+            if mode == "fwd":  # the values once, their tangents per pass: the difference
                 from torch.autograd import forward_ad
 
+                with torch.no_grad():
+                    fn(*args)
+                once = watch.peak
+                watch.restart()
                 with forward_ad.dual_level():
                     for i in wrt:
                         args[i] = forward_ad.make_dual(args[i].detach(), torch.ones_like(args[i]))
                     fn(*args)
-                return Pass(0, watch.peak)
+                return Pass(once, max(0, watch.peak - watch.start - once))
             for i in wrt:
                 args[i] = args[i].detach().requires_grad_(True)
             out = fn(*args)
@@ -306,7 +311,7 @@ class _Watch:
                 return out
 
         self.mode = Mode()
-        self.live = self.peak = 0
+        self.live = self.peak = self.start = 0
         self.sizes: dict[int, int] = {}
         self.refs: dict[int, Any] = {}
         self._aliasing: dict[Any, bool] = {}
@@ -330,8 +335,11 @@ class _Watch:
 
         if not isinstance(tensor, torch.Tensor):
             return
-        storage = tensor.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
+        try:
+            storage = tensor.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # no storage (efficient zeros, subclasses): no bytes
+            return
         if size == 0 or key in self.sizes:
             return
         self.sizes[key] = size
@@ -345,5 +353,5 @@ class _Watch:
 
     def restart(self) -> int:
         """Start a new peak from what is alive now; returns that."""
-        self.peak = self.live
+        self.peak = self.start = self.live
         return self.live

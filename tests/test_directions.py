@@ -2,6 +2,7 @@
 
 import os
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -238,13 +239,12 @@ import torch
 FAILURE = [None]  # raised by the second call once the streamed file's temporary twin exists
 CALLS = [0]
 
-def f(x, y):  # R^3 x R^2 -> R^(4, 2), with a matrix product
+def f(x, y):  # R^3 x R^2 -> R^(3, 2), elementwise: chunks of any size give the same bits
     if FAILURE[0] is not None and any(n.endswith(".tmp") for n in os.listdir(".")):
         CALLS[0] += 1  # one call per chunk of directions (vmap)
         if CALLS[0] == 2:
             raise FAILURE[0]("broken while streaming")
-    w = torch.linspace(-1.0, 1.0, 12, dtype=x.dtype).reshape(4, 3)
-    return torch.tanh(w @ x)[:, None] * torch.sin(y)[None, :]
+    return torch.tanh(x)[:, None] * torch.sin(y)[None, :] + x[:, None] ** 2
 """
 
 
@@ -272,12 +272,12 @@ def test_streamed_jvp_directions_equal_the_in_memory_result_and_single_runs(stre
     rng = np.random.default_rng(10)
     np.save("x.npy", rng.standard_normal(3))
     np.save("y.npy", rng.standard_normal(2))
-    k = 9
+    k = 40
     tx, ty = rng.standard_normal((k, 3)), rng.standard_normal((k, 2))
     np.savez("t.npz", tx=tx, ty=ty)
     args = ("-p", "x.npy", "-p", "y.npy", "-t", "t.npz", "--directions", str(k), "--select", "jvp")
-    streamed = _to_npy("jvp", *args, memory="700")  # 576 bytes of results, in chunks
-    assert streamed.shape == (k, 4, 2)
+    streamed = _to_npy("jvp", *args, memory="2300")  # 1,920 bytes of results, in chunks
+    assert streamed.shape == (k, 3, 2)
     np.testing.assert_array_equal(streamed, _to_npy("jvp", *args))
     for i in range(k):
         np.save("tx.npy", tx[i])
@@ -290,13 +290,13 @@ def test_streamed_vjp_directions_under_batch_dim_equal_in_memory_and_single_runs
     rng = np.random.default_rng(11)
     np.save("x.npy", rng.standard_normal((5, 3)))
     np.save("y.npy", rng.standard_normal((5, 2)))
-    k = 10
-    u = rng.standard_normal((k, 5, 4, 2))
+    k = 30
+    u = rng.standard_normal((k, 5, 3, 2))
     np.save("u.npy", u)
     args = ("-p", "x.npy", "-p", "y.npy", "-u", "u.npy", "--directions", str(k), "--batch-dim", "0")
     streamed = {}
     for key, width in (("vjp.0", 3), ("vjp.1", 2)):
-        streamed[key] = _to_npy("vjp", *args, "--select", key, memory="2900")  # 2,000 bytes of results
+        streamed[key] = _to_npy("vjp", *args, "--select", key, memory="7000")  # 6,000 bytes of results
         assert streamed[key].shape == (k, 5, width)
         np.testing.assert_array_equal(streamed[key], _to_npy("vjp", *args, "--select", key))
     for i in range(k):
@@ -343,7 +343,42 @@ def test_a_failure_mid_stream_leaves_no_file_and_keeps_the_old_one(streamdirs, f
     "out", [["-o", "R.npz"], ["-o", "R.json"], ["--format", "npz"], ["-o", "R.npy", "--select", "output"]]
 )
 def test_a_directions_result_larger_than_memory_elsewhere_is_refused(streamdirs, out):
-    args = ("-p", "randn:3", "-p", "randn:2", "-t", "randn", "--directions", "9", "--max-memory", "700", *F64)
+    args = ("-p", "randn:3", "-p", "randn:2", "-t", "randn", "--directions", "9", "--max-memory", "400", *F64)
     run = jac("jvp", "streamdirs:f", *args, *out)
     assert_clean_error(run, 2, "--directions 9", "more than --max-memory", "-o R.npy --select KEY (KEY: jvp)")
     assert not [n for n in os.listdir(".") if n.startswith(("R", ".R"))]
+
+
+@pytest.mark.parametrize("command, limit", [("vjp", 500_000), ("jvp", 900_000)])
+def test_chunks_of_directions_keep_every_tensor_alive_within_the_limit(workdir, command, limit):
+    """J.v and u^T.J of sin(x).outer(x): each direction's pass holds two output-sized products,
+    more than the count of 2 x (inputs + outputs); the measured pass sizes the chunks (the old
+    count overran both limits: 506 kB and 1.3 MB alive)."""
+    from jaccli import Request, memory, run
+
+    write_module(workdir, "outermod", "import torch\n\ndef f(x):\n    return torch.sin(x).outer(x)\n")
+    rng = np.random.default_rng(12)
+    np.save("x.npy", rng.standard_normal(30))
+    shape = (64, 30, 30) if command == "vjp" else (64, 30)
+    np.save("d.npy", rng.standard_normal(shape))
+    given = {"cotangents" if command == "vjp" else "tangents": ["d.npy"]}
+    request = Request(command, "outermod:f", primals=["x.npy"], n_directions=64, repeat=0, **given)
+    with memory._Watch() as watch:
+        chunked = run(replace(request, max_memory=limit))
+    note = chunked.timings.footer["memory"]
+    assert "computed in chunks of" in note and "(measured)" in note, note
+    assert watch.peak <= limit, (watch.peak, note)
+    key = "vjp.0" if command == "vjp" else "jvp"
+    whole = run(request)
+    assert "memory" not in whole.timings.footer
+    np.testing.assert_allclose(chunked.results[key], whole.results[key], rtol=1e-14, atol=1e-15)
+    x, d = torch.tensor(np.load("x.npy")), torch.tensor(np.load("d.npy"))
+
+    def f(x):
+        return torch.sin(x).outer(x)
+
+    if command == "vjp":
+        want = torch.func.vmap(torch.func.vjp(f, x)[1])(d)[0]
+    else:
+        want = torch.func.vmap(lambda t: torch.func.jvp(f, (x,), (t,))[1])(d)
+    np.testing.assert_allclose(chunked.results[key], want.numpy(), rtol=1e-13, atol=1e-15)

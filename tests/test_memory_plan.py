@@ -122,7 +122,7 @@ def test_a_pass_of_an_outer_product_holds_two_output_sized_products():
     assert found.once >= output  # the output, held by the graph
     assert found.per_pass >= 2 * output
     forward = memory.measure_pass(outer, [x], 0, False, "fwd")
-    assert forward.per_pass >= 2 * output  # the output and its tangent
+    assert forward.per_pass >= 2 * output  # the two products in the tangent of the outer product
 
 
 def test_a_function_that_cannot_be_measured_keeps_the_count(mod):

@@ -155,7 +155,12 @@ def run_directions(request: Any) -> Any:
 
     check_count(output_format(request), chosen, f"-o {request.out}" if request.out else "--format npy")
     to_file = output_format(request) == "npy" and request.out not in (None, "-") and chosen[0] in products
-    plan = plan_directions(request, primals, output, k, streamable=to_file, products=products)
+    from jaccli.memory import Probe
+
+    sample = [p.select(batch, 0) for p in primals] if batch is not None else primals
+    call_s = timings.get("function, first call").times[0]
+    probe = Probe(fn, sample, tuple(range(len(primals))), request.has_aux, call_s, setup.device.type)
+    plan = plan_directions(request, primals, output, k, to_file, products, probe)
     compute = Products(command, fn, primals, directions, request.has_aux, batch, plan.chunk)
     candidates = routes_for(command, request.engine, batch is not None, request.has_aux)
     if plan.streamed:
@@ -210,10 +215,21 @@ class Plan:
 
 
 def plan_directions(
-    request: Any, primals: list, output: Any, k: int, streamable: bool, products: list[str]
+    request: Any,
+    primals: list,
+    output: Any,
+    k: int,
+    streamable: bool,
+    products: list[str],
+    probe: Any = None,
 ) -> Plan:
     """Directions per chunk so that the results and the work in flight fit in memory; streamed
-    into ``-o R.npy`` when the results alone would not (``streamable``), else an input error."""
+    into ``-o R.npy`` when the results alone would not (``streamable``), else an input error.
+
+    The work of a direction is counted as for a Jacobian's pass (:mod:`jaccli.memory`): 2 x
+    (input + output elements), or where that could be too low to matter, one pass measured by
+    ``probe`` (a :class:`jaccli.memory.Probe` over one sample: forward mode for jvp, reverse
+    for vjp), times the samples under --batch-dim."""
     from jaccli.memory import allowed_bytes
 
     itemsize = max([p.element_size() for p in primals] + [t.element_size() for _, t in trees.leaves(output)])
@@ -224,21 +240,34 @@ def plan_directions(
     allowed = allowed_bytes(request.max_memory)
     where = "--max-memory" if request.max_memory is not None else "80% of the memory free now"
     result = k * per_direction
-    if result + work > allowed:
-        if not streamable:
-            raise InputError(
-                f"--directions {k}: the {request.command} results would take {human_size(result)}, more "
-                f"than {where} ({human_size(allowed)}); write one straight to disk, a chunk at a time, with "
-                f"-o R.npy --select KEY (KEY: {', '.join(products)}), ask for fewer directions per run, or "
-                "raise --max-memory"
-            )
+    once, measured = 0, ""
+    found = None
+    if probe is not None:
+        mode = "fwd" if request.command == "jvp" else "rev"
+        found = probe.measure(mode, k, allowed - result - k * work)
+    if found is not None:
+        samples = 1 if request.batch_dim is None else primals[0].shape[request.batch_dim]
+        once = found.once * samples  # the evaluation's graph, held while the directions run
+        # a direction: its products, before they are copied into the results, and the pass
+        if per_direction + found.per_pass * samples > work:
+            work = per_direction + found.per_pass * samples
+            measured = f", a direction's work {human_size(work)} (measured)"
+    if result + once + work > allowed and streamable:
         # in flight per direction: its products, their copy on the way to the file, and the work
-        chunk = max(1, min(k, allowed // (2 * per_direction + work)))
-        return Plan(chunk, True, f"the results take {human_size(result)}; {where} is {human_size(allowed)}")
-    if result + k * work <= allowed:
+        chunk = max(1, min(k, (allowed - once) // (2 * per_direction + work)))
+        why = f"the results take {human_size(result)}; {where} is {human_size(allowed)}{measured}"
+        return Plan(chunk, True, why)
+    if result > allowed:
+        raise InputError(
+            f"--directions {k}: the {request.command} results would take {human_size(result)}, more "
+            f"than {where} ({human_size(allowed)}); write one straight to disk, a chunk at a time, with "
+            f"-o R.npy --select KEY (KEY: {', '.join(products)}), ask for fewer directions per run, or "
+            "raise --max-memory"
+        )
+    if result + once + k * work <= allowed:
         return Plan(k)
-    chunk = max(1, int((allowed - result) // work))
-    why = f"{chunk} of {k} directions at a time fit in memory"
+    chunk = max(1, int((allowed - result - once) // work))  # one at a time if need be
+    why = f"{chunk} of {k} directions at a time fit in memory{measured}"
     return Plan(chunk, False, why)
 
 
@@ -385,24 +414,27 @@ class Products:
         return guarded(lambda: self._chunk(self.route, start, stop), self.command)
 
     def _run(self, route: Route, stop: int | None = None) -> Any:
-        import torch
-
+        """Directions ``[0:stop]``, a chunk at a time into preallocated results (no concatenation:
+        the peak is the results plus one chunk)."""
         from jaccli import progress
 
         stop = self.k if stop is None else stop
-        parts = []
-        with progress.bar(
-            f"{self.command} (chunks of directions)", stop if self.chunk < stop else 0
-        ) as shown:
+        if self.chunk >= stop:
+            return self._chunk(route, 0, stop)
+        skeleton, whole = None, None
+        with progress.bar(f"{self.command} (chunks of directions)", stop) as shown:
             for start in range(0, stop, self.chunk):
-                parts.append(self._chunk(route, start, min(start + self.chunk, stop)))
-                shown.advance(min(self.chunk, stop - start))
-        if len(parts) == 1:
-            return parts[0]
-        stacked = [
-            torch.cat([dict(trees.leaves(p))[key] for p in parts]) for key, _ in trees.leaves(parts[0])
-        ]
-        return trees.unflatten(parts[0], stacked)
+                end = min(start + self.chunk, stop)
+                part = self._chunk(route, start, end)
+                leaves = [leaf for _, leaf in trees.leaves(part)]
+                if whole is None:
+                    skeleton = trees.map_leaves(lambda _: None, part)  # the structure alone
+                    whole = [t.new_empty((stop, *t.shape[1:])) for t in leaves]
+                for target, leaf in zip(whole, leaves):
+                    target[start:end] = leaf
+                del part, leaves
+                shown.advance(end - start)
+        return trees.unflatten(skeleton, whole)
 
     def _slice(self, start: int, stop: int) -> Any:
         return trees.map_leaves(lambda t: t[start:stop], self.directions)
