@@ -198,11 +198,11 @@ def stream_mode(block: Block, requested: str) -> str:
     return "fwd" if block.n_in < block.n_out else "rev"
 
 
-# Bytes per second a first call can have written at most: memory bandwidth, generously. A call
-# that took t seconds created at most t x this many bytes of intermediates, so a pass (whose
-# tensors mirror the call's) holds at most a few times that: where even that fits, nothing is
-# measured, and small functions pay nothing for the measurement.
-BANDWIDTH = {"cpu": 2e11, "cuda": 2e13}
+# What a first call can have held at most: t seconds of writing at memory bandwidth (generously),
+# and no more than the process's peak so far (resident memory, or CUDA's allocator). A pass,
+# whose tensors mirror the call's, holds at most a few times that: where even that fits,
+# nothing is measured, so small or quick functions pay nothing for the measurement.
+BANDWIDTH = {"cpu": 2e11, "cuda": 2e13}  # bytes per second
 PASS_OVER_CALL = 4  # a reverse pass: the gradient of every tensor of the call, and temporaries
 # A measured pass is one pass of plain autograd; vmap's batching rules may copy a little more.
 MEASURED_MARGIN = 1.25
@@ -218,8 +218,9 @@ class Pass:
 class Probe:
     """One pass of the function, measured on demand (:func:`measure_pass`), at most once per mode.
 
-    ``call_s`` is how long the first call took: it bounds what a pass can hold, so a
-    measurement is made only where the plan could otherwise be wrong by enough to matter.
+    ``call_s`` is how long the first call took: with the process's peak memory so far it bounds
+    what a pass can hold, so a measurement is made only where the plan could otherwise be wrong
+    by enough to matter. A measured pass is counted ``MEASURED_MARGIN`` times.
     """
 
     fn: Callable[..., Any]
@@ -233,8 +234,11 @@ class Probe:
     def measure(self, mode: str, passes: int, room: int) -> Pass | None:
         """The measured pass, or None when even the most a pass could hold fits in ``room`` for
         ``passes`` passes (or the function could not be measured)."""
-        bound = self.call_s * BANDWIDTH.get(self.device_type, BANDWIDTH["cuda"]) * PASS_OVER_CALL
-        if passes * bound <= room:
+        held = self.call_s * BANDWIDTH.get(self.device_type, BANDWIDTH["cuda"])
+        seen = peak_so_far(self.device_type)
+        if seen is not None:
+            held = min(held, seen)
+        if passes * held * PASS_OVER_CALL <= room:
             return None
         if mode not in self.found:
             found = measure_pass(self.fn, self.primals, self.argnums, self.has_aux, mode)
@@ -242,6 +246,25 @@ class Probe:
                 found = Pass(found.once, int(found.per_pass * MEASURED_MARGIN))
             self.found[mode] = found
         return self.found[mode]
+
+
+def peak_so_far(device_type: str) -> int | None:
+    """The most bytes this process has held: its peak resident memory (CPU), or CUDA's
+    allocator's peak; None where the platform does not say."""
+    import sys
+
+    if device_type == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_initialized() else None
+    if device_type != "cpu":
+        return None
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # bytes on macOS, else KiB
 
 
 def measure_pass(
@@ -299,9 +322,8 @@ class _Watch:
         class Mode(TorchDispatchMode):
             @classmethod
             def _should_skip_dynamo(cls) -> bool:
-                return (
-                    False  # torch would wrap __torch_dispatch__ in torch._dynamo.disable: seconds to import
-                )
+                # else torch wraps __torch_dispatch__ in torch._dynamo.disable: seconds to import
+                return False
 
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
                 out = func(*args, **(kwargs or {}))

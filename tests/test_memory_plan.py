@@ -133,10 +133,30 @@ def test_a_quick_first_call_is_not_measured_and_a_measurement_is_made_once(monke
     made = []
     monkeypatch.setattr(memory, "measure_pass", lambda *a: made.append(a) or memory.Pass(10, 20))
     quick = memory.Probe(outer, [torch.ones(3)], 0, False, call_s=1e-9)
-    assert quick.measure("rev", passes=9, room=10**6) is None  # 9 passes of at most 8 kB each fit
+    assert quick.measure("rev", passes=9, room=10**6) is None  # 9 passes of at most 800 bytes each fit
+    # a slow call (1 s) may have written 200 GB, but it cannot have held more than this process
+    # ever has: with room for 2 passes of 4 x that, nothing is measured
+    room = 2 * memory.PASS_OVER_CALL * memory.peak_so_far("cpu")
+    assert memory.Probe(outer, [torch.ones(3)], 0, False, call_s=1.0).measure("rev", 2, room) is None
     assert made == []
     slow = memory.Probe(outer, [torch.ones(3)], 0, False, call_s=1.0)
     first = slow.measure("rev", passes=9, room=10**6)
     assert first == memory.Pass(10, int(20 * memory.MEASURED_MARGIN))
     assert slow.measure("rev", passes=9, room=10**6) is first
     assert len(made) == 1
+
+
+@pytest.mark.cuda
+def test_on_cuda_the_allocators_peak_stays_within_the_limit(mod):
+    """The same plan against CUDA's caching allocator, which rounds each block up to 512 bytes."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    peak, outcome = _watched("jacrev", max_memory=LIMIT, device="cuda")
+    torch.cuda.synchronize()
+    assert "computed in chunks of" in outcome.timings.footer["memory"]
+    assert peak <= LIMIT
+    assert torch.cuda.max_memory_allocated() - base <= 1.1 * LIMIT
+    want = torch.func.jacrev(outer)(_x()).numpy()
+    np.testing.assert_allclose(outcome.results["jacobian"], want, rtol=1e-12, atol=1e-14)
