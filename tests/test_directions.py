@@ -349,6 +349,18 @@ def test_a_directions_result_larger_than_memory_elsewhere_is_refused(streamdirs,
     assert not [n for n in os.listdir(".") if n.startswith(("R", ".R"))]
 
 
+def test_a_disk_too_small_for_the_streamed_directions_is_an_input_error(streamdirs, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 300, 300))
+    args = ("-p", "randn:3", "-p", "randn:2", "-t", "randn", "--directions", "40", "--select", "jvp")
+    run = jac("jvp", "streamdirs:f", *args, "-o", "R.npy", "--max-memory", "2300", *F64)
+    assert_clean_error(run, 2, "-o R.npy", "has 300 bytes free")
+    assert not [n for n in os.listdir(".") if n.startswith(("R", ".R"))]
+
+
 @pytest.mark.parametrize("command, limit", [("vjp", 500_000), ("jvp", 900_000)])
 def test_chunks_of_directions_keep_every_tensor_alive_within_the_limit(workdir, command, limit):
     """J.v and u^T.J of sin(x).outer(x): each direction's pass holds two output-sized products,

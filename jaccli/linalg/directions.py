@@ -14,7 +14,9 @@ so) when torch.func cannot transform the function:
 With ``--repeat`` (steady state matters) the routes marked ``trial`` are timed on the first
 chunk and the fastest kept, as ``--mode auto`` does. When the K products and the work of
 computing them at once would not fit in ``--max-memory`` (default: 80% of free memory), the
-directions go in chunks. When the results themselves would not fit, the one written to
+directions go in chunks, copied into results allocated once (a direction's work is counted as a
+Jacobian's pass is in :mod:`jaccli.memory`, measured where the count could be too low). When
+the results themselves would not fit, the one written to
 ``-o R.npy`` (one result, or ``--select KEY``) is streamed: each chunk of directions is
 computed and its slice of the leading axis written straight into the file (see
 :mod:`jaccli.npyfile`: atomic, no file unless every chunk was written), never holding the
@@ -311,7 +313,7 @@ def _stream(
                 if block.dtype.kind in "fc":
                     nan += int(np.isnan(block).sum())
                     inf += int(np.isinf(block).sum())
-                writer.write(lo, 0, block.reshape(hi - lo, -1))
+                writer.write(lo, 0, block.reshape(hi - lo, math.prod(shape[1:])))
                 report.compute_s += middle - began
                 report.write_s += time.perf_counter() - middle
                 report.chunks += 1
