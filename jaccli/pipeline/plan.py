@@ -159,6 +159,8 @@ def _memory(request: Request, problem: Problem, routed: str, layout, rename, cho
     itemsize = max([primals[0].element_size()] + [t.element_size() for _, t in leaves])
     mode = "fwd" if routed == "jacfwd" else "rev"
     requested = {"jacfwd": "fwd", "jacrev": "rev"}.get(request.command, request.mode)
+    call_s = problem.timings.get("function, first call").times[0]
+    probe = memory.Probe(problem.fn, primals, problem.argnums, request.has_aux, call_s, problem.device.type)
     plan = memory.plan(
         request.command,
         found,
@@ -169,6 +171,7 @@ def _memory(request: Request, problem: Problem, routed: str, layout, rename, cho
         streamable,
         stream_as=requested,
         distributed=distributed.launched(),
+        probe=probe,
     )
     if plan.how == memory.STREAMED and distributed.rank() == 0:
         from jaccli.io.npyfile import check_room
