@@ -149,7 +149,10 @@ def test_sparse_jacobian_equals_the_dense_one_exactly(fn):
     x = torch.randn(6, generator=GEN, dtype=torch.float64)
     for command in ("jacfwd", "jacrev"):
         dense = _dense(fn, [x], mode=command[3:])
-        result = _sparse(command, fn, x)
+        outcome = run(Request(command, fn, primals=[x], dtype="float64", sparse=True, repeat=1))
+        result = outcome.sparse
+        # the steady state ran the traced graph, which reproduced these values (jaccli.sparse.kernel)
+        assert "traced to one aten graph" in outcome.timings.footer["engine"], outcome.timings.notes
         assert result.matrix.shape == dense.shape
         np.testing.assert_array_equal(result.matrix.toarray(), dense)
     pattern = detect(fn, [x], (0,)).matrix.toarray()
@@ -501,3 +504,91 @@ def test_hessian_pattern_round_trip(stencil_module):
 
     x = torch.from_numpy(np.load("x.npy"))
     np.testing.assert_array_equal(sp.load_npz("Hs.npz").toarray(), torch.func.hessian(sten.loss)(x).numpy())
+
+
+# --- the steady-state kernel (jaccli.sparse.kernel) -----------------------------------------------
+
+
+def _engine(fn, x, mode):
+    p = detect(fn, [x], (0,), hessian=mode == "symmetric")
+    pattern = p.hessian if mode == "symmetric" else p.matrix
+    colours = {
+        "forward": colouring.column_colouring,
+        "reverse": colouring.row_colouring,
+        "symmetric": colouring.star_colouring,
+    }[mode](pattern)
+    plan = compressed.plan(mode, pattern, colours)
+    return compressed.Compressed(fn, [0], [x.numel()], [tuple(x.shape)], plan)
+
+
+def test_traced_kernel_reproduces_the_eager_values_of_hessians_and_batches():
+    from jaccli.sparse import kernel
+
+    x = torch.randn(9, generator=GEN, dtype=torch.float64)
+    chain = lambda t: ((t[1:] - t[:-1]) ** 2).sum() + (t**4).sum() + (t[2:] * t[:-2]).sum()  # noqa: E731
+    engine = _engine(chain, x, "symmetric")
+    want = engine.values([x])
+    run_kernel, why, label = kernel.trace(lambda t: engine.values([t]), [x], want)
+    assert why is None and label.startswith("traced")
+    np.testing.assert_array_equal(run_kernel().numpy(), want.numpy())
+    np.testing.assert_array_equal(run_kernel().numpy(), want.numpy())  # and again
+    batch = torch.randn(3, 16, generator=GEN, dtype=torch.float64)
+    engine = _engine(stencil, batch[0], "reverse")
+    values = lambda b: torch.func.vmap(lambda t: engine.values([t]))(b)  # noqa: E731
+    want = values(batch)
+    run_kernel, why, _ = kernel.trace(values, [batch], want)
+    assert why is None
+    np.testing.assert_array_equal(run_kernel().numpy(), want.numpy())
+
+
+def test_kernel_passes_fold_constants_and_reuse_buffers_without_changing_values():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from jaccli.sparse import kernel
+
+    x = torch.randn(16, generator=GEN, dtype=torch.float64)
+    engine = _engine(stencil, x, "forward")
+    want = engine.values([x])
+    graph = make_fx(lambda t: [engine.values([t])])(x)
+    ops = lambda g: [n.target for n in g.graph.nodes if n.op == "call_function"]  # noqa: E731
+    before = len(ops(graph))
+    assert kernel.fold_constants(graph, 1 << 20) > 0  # the seeds and the Laplacian of the seeds
+    kernel.simplify(graph)
+    kernel.fewer_views(graph)
+    kernel.in_place(graph)
+    after = ops(graph)
+    assert len(after) < before / 2
+    assert any(str(t).endswith("_.Tensor") or "_." in str(t) for t in after)  # an in-place op
+    np.testing.assert_array_equal(graph(x)[0].numpy(), want.numpy())
+    np.testing.assert_array_equal(graph(x)[0].numpy(), want.numpy())  # buffers are not reused across calls
+    # a zero cap folds nothing and changes nothing
+    graph = make_fx(lambda t: [engine.values([t])])(x)
+    assert kernel.fold_constants(graph, 0) == 0
+    np.testing.assert_array_equal(graph(x)[0].numpy(), want.numpy())
+
+
+def test_untraceable_steady_state_runs_eager_with_a_note(monkeypatch):
+    from jaccli.sparse import kernel
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no tracing here. More text")
+
+    monkeypatch.setattr(kernel, "_graph", refuse)
+    x = torch.randn(16, generator=GEN, dtype=torch.float64)
+    outcome = run(Request("jacobian", stencil, primals=[x], sparse=True, repeat=2))
+    assert any("ran eager" in n and "no tracing here" in n for n in outcome.timings.notes)
+    np.testing.assert_array_equal(outcome.sparse.matrix.toarray(), _dense(stencil, [x], mode="fwd"))
+    assert "traced" not in outcome.timings.footer["engine"]
+
+
+def test_sparse_compile_gives_the_dense_jacobian():
+    # one tiny case: compiling costs seconds. Where Inductor cannot run (no C++ compiler) the
+    # note says so and the traced graph runs; the written values are the eager ones either way.
+    x = torch.randn(16, generator=GEN, dtype=torch.float64)
+    outcome = run(Request("jacfwd", stencil, primals=[x], sparse=True, compile=True, repeat=2))
+    np.testing.assert_array_equal(outcome.sparse.matrix.toarray(), _dense(stencil, [x], mode="fwd"))
+    engine = outcome.timings.footer["engine"]
+    assert "compiled by TorchInductor" in engine or any(
+        "could not be compiled" in n for n in outcome.timings.notes
+    ), (engine, outcome.timings.notes)
+    assert outcome.timings.get("compile") is not None

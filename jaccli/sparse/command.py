@@ -233,8 +233,6 @@ def run_sparse(request: Any) -> Any:
             "--sparse: no sparsity rule for " + ", ".join(fallbacks) + "; their outputs were taken to depend "
             "on every element they read (the pattern may hold more entries than needed)"
         )
-    if request.compile:
-        timings.notes.append("--sparse runs uncompiled; --compile was not used")
     itemsize = setup.primals[0].element_size()
     chunk = request.chunk_size or compressed.chunk_for(
         request.max_memory, plan.count, problem.m, problem.n, itemsize
@@ -246,13 +244,16 @@ def run_sparse(request: Any) -> Any:
 
     if batch is None:
 
-        def compute() -> Any:
-            return engine.values(primals)
+        def values_of(*p: Any) -> Any:
+            return engine.values(p)
     else:
         engine.vmapped = True
 
-        def compute() -> Any:
-            return torch.func.vmap(lambda *p: engine.values(p), in_dims=batch)(*primals)
+        def values_of(*p: Any) -> Any:
+            return torch.func.vmap(lambda *q: engine.values(q), in_dims=batch)(*p)
+
+    def compute() -> Any:
+        return values_of(*primals)
 
     from jaccli.transforms import guarded
 
@@ -276,7 +277,10 @@ def run_sparse(request: Any) -> Any:
             engine._seeds.clear()
             values = guarded(compute, request.command)
     first = timings.get("first call").times[0]
-    timings.series("steady-state compute", compute, request.repeat, request.warmup, per_run_s=first)
+    steady, label = compute, ""
+    if request.repeat or request.compile:  # steady-state runs asked for: worth a trace
+        steady, label = _steady(request, setup, compute, values_of, values)
+    timings.series("steady-state compute", steady, request.repeat, request.warmup, per_run_s=first)
     timings.series(
         "function alone",
         lambda: evaluate(setup.fn, primals, batch, request.engine, request.randomness),
@@ -309,10 +313,35 @@ def run_sparse(request: Any) -> Any:
             )
         results = {k: result.selected(k).matrix.data for k in result.keys}
     timings.footer["mode"] = f"{why}"
-    _footer(timings, request.command, f"sparse, {plan.count} {_product_name(mode)}", setup)
+    engine_label = f"sparse, {plan.count} {_product_name(mode)}" + (f"; {label}" if label else "")
+    _footer(timings, request.command, engine_label, setup)
     outcome = Outcome(results, {}, {k: dtype for k in results}, timings)
     outcome.sparse = result
     return outcome
+
+
+def _steady(request: Any, setup: Any, compute: Any, values_of: Any, values: Any) -> tuple[Any, str]:
+    """The steady-state callable and its label: the traced (or compiled) graph, else ``compute``."""
+    from jaccli.sparse import kernel
+
+    timings = setup.timings
+    if setup.profile is not None and setup.profile.changes_state:
+        timings.notes.append(
+            "--sparse: the function changes state it reads (a module's buffers); the steady state "
+            "ran eager, not traced" + ("; --compile was not used" if request.compile else "")
+        )
+        return compute, ""
+    with timings.phase("compile" if request.compile else "trace"):
+        steady, why, label = kernel.trace(values_of, setup.primals, values, compile=request.compile)
+    if steady is None:
+        timings.notes.append(
+            f"--sparse: the steady state ran eager: {why}"
+            + ("; --compile was not used" if request.compile else "")
+        )
+        return compute, ""
+    if why is not None:
+        timings.notes.append(f"--sparse --compile: {why}")
+    return steady, label
 
 
 def _product_name(mode: str) -> str:

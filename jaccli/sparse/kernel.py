@@ -1,0 +1,356 @@
+"""The steady state of ``--sparse``: the compressed products traced once into one flat graph.
+
+Eager ``vmap`` of ``jvp`` (or ``vjp``, or forward-over-reverse) pays functorch's dispatch on
+every operator of every call: at n = 4,096 on the 5-point stencil that bookkeeping is ten
+times the arithmetic. After the first call this module traces the whole computation (the
+products for every colour and the gather of the stored entries into the CSR ``data`` array)
+with ``make_fx`` into a graph of plain aten ops on the batched tensors, and then:
+
+1. folds constants: every node that depends on no primal (the seed matrix, the tangents pushed
+   through the linear part of the function, the index tensors that ``roll`` or ``pad`` build)
+   is computed once and stored in the graph, so that a run does only the work that depends on
+   the primals (:func:`fold_constants`, within a memory cap);
+2. drops what the trace leaves that does nothing once there are no mutations (``alias``, a
+   ``cat`` of one tensor, a ``clone`` of a contiguous intermediate);
+3. for the eager graph, collapses chains of views and writes a pointwise op into an operand
+   that nothing reads afterwards (``a * b + c`` allocates one buffer, not two): on the
+   stencil these took a fifth off a run, bit for bit the same values;
+4. checks, on the first call's primals, that the graph gives the eager values (bit for bit,
+   or within a few units in the last place where make_fx splits a composite op into its
+   parts); if not, or if tracing fails, the steady state stays eager and a note says why;
+5. with ``--compile``, traces again with Inductor's decompositions and compiles the graph with
+   TorchInductor (as :mod:`jaccli.compiled` does for the dense routes; compiling ``vmap(jvp)``
+   itself failed on a stride assertion, the flattened aten graph compiles), checked against
+   the eager values within rounding.
+
+The written values are the eager first call's, in every case; the kernels are what the
+steady-state runs time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+TRACED = "traced to one aten graph (make_fx), constants folded"
+
+
+def trace(
+    compute: Callable[..., Any],
+    primals: Sequence[Any],
+    want: Any,
+    compile: bool = False,
+    fold_cap: int | None = None,
+) -> tuple[Callable[[], Any] | None, str | None, str]:
+    """(kernel, why not, label): a zero-argument callable giving ``compute(*primals)`` again.
+
+    ``want`` is the eager result it must reproduce. On any failure the kernel is None and the
+    second item says why, in one sentence.
+    """
+    import warnings
+
+    from jaccli.compiled import _difference, _first_sentence
+    from jaccli.errors import describe
+
+    tensors = [p.detach() for p in primals]
+    cap = fold_cap if fold_cap is not None else max(1 << 20, 8 * want.numel() * want.element_size())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = _graph(compute, tensors, decompose=False, cap=cap)
+            run = graph.forward
+            got = run(*tensors)[0]
+    except Exception as exc:  # noqa: BLE001 - any failure: the steady state stays eager
+        return None, f"it could not be traced ({_first_sentence(describe(exc))})", ""
+    if not _agrees(got, want):
+        return None, "the traced graph did not reproduce the eager values", ""
+    kernel = _call(run, tensors)
+    if not compile:
+        return kernel, None, TRACED
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = _inductor(compute, tensors, cap)
+            problem = _difference({"values": compiled()}, {"values": want})
+    except Exception as exc:  # noqa: BLE001 - Inductor failed: the traced graph still serves
+        problem = _first_sentence(describe(exc))
+    if problem is not None:
+        return kernel, f"could not be compiled ({problem}); ran the traced graph uncompiled", TRACED
+    return compiled, None, "traced to one aten graph (make_fx), compiled by TorchInductor"
+
+
+def _agrees(got: Any, want: Any) -> bool:
+    """The same values, up to a few units in the last place: make_fx records a composite op
+    (the backward of ``var`` or ``norm``) as the aten ops it is made of, whose rounding can
+    differ from the fused kernel eager torch runs. Anything more is a different function."""
+    import torch
+
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    if torch.equal(got, want):
+        return True
+    if not want.is_floating_point() and not want.is_complex():
+        return False
+    eps = torch.finfo(want.dtype).eps * 8
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    return torch.allclose(got, want, rtol=eps, atol=eps * scale, equal_nan=True)
+
+
+def _call(run: Callable[..., Any], tensors: list) -> Callable[[], Any]:
+    def kernel() -> Any:
+        return run(*tensors)[0]
+
+    return kernel
+
+
+def _graph(compute: Callable[..., Any], tensors: list, decompose: bool, cap: int) -> Any:
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from jaccli import compiled
+
+    def flat(*args: Any) -> list:
+        return [compute(*args)]
+
+    table = None
+    if decompose:
+        from torch._inductor.decomposition import select_decomp_table
+
+        table = select_decomp_table()
+    functional = torch.func.functionalize(flat, remove="mutations")
+    graph = make_fx(functional, decomposition_table=table)(*tensors)
+    compiled._drop_zero_terms(graph)
+    compiled._drop_dead_code(graph)
+    compiled._detach_constants(graph)
+    fold_constants(graph, cap)
+    simplify(graph)
+    if not decompose:  # the eager graph; Inductor plans its own buffers
+        fewer_views(graph)
+        in_place(graph)
+    return graph
+
+
+def _inductor(compute: Callable[..., Any], tensors: list, cap: int) -> Callable[[], Any]:
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    graph = _graph(compute, tensors, decompose=True, cap=cap)
+    compiled = compile_fx_inner(graph, list(tensors), is_inference=True)
+    run_graph = getattr(compiled, "current_callable", None) or compiled
+    first = True
+
+    def call() -> Any:
+        nonlocal first
+        if first:  # the wrapper's first call finishes Inductor's bookkeeping (see jaccli.compiled)
+            first = False
+            return compiled(list(tensors))[0]
+        return run_graph(list(tensors))[0]
+
+    return call
+
+
+def fold_constants(graph: Any, cap: int) -> int:
+    """Compute once every node that depends on no placeholder; store it as a buffer.
+
+    Nodes that draw random numbers are left alone; so is a folded value above ``cap`` bytes
+    (an expanded seed block can be larger than the work it saves), and the total stored stays
+    under ``4 * cap``. Returns the number of folded nodes kept in the graph.
+    """
+    import torch
+    from torch.utils._pytree import tree_flatten, tree_map
+
+    values: dict = {}
+    for node in graph.graph.nodes:
+        if node.op == "get_attr":
+            values[node] = getattr(graph, node.target)
+            continue
+        if node.op != "call_function":
+            continue
+        leaves, _ = tree_flatten((node.args, node.kwargs))
+        if not all(a in values for a in leaves if isinstance(a, torch.fx.Node)):
+            continue
+        if torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
+            continue
+        args, kwargs = tree_map(
+            lambda a: values[a] if isinstance(a, torch.fx.Node) else a, (node.args, node.kwargs)
+        )
+        values[node] = node.target(*args, **kwargs)
+    kept, total = 0, 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node not in values:
+            continue
+        if all(u in values for u in node.users):  # only folded nodes read it: it goes
+            continue
+        value = values[node]
+        if not isinstance(value, torch.Tensor):
+            continue
+        size = value.numel() * value.element_size()
+        if size > cap or total + size > 4 * cap:
+            continue
+        total += size
+        name = f"_folded_{kept}"
+        kept += 1
+        graph.register_buffer(name, value.detach())
+        with graph.graph.inserting_before(node):
+            new = graph.graph.get_attr(name)
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return kept
+
+
+def simplify(graph: Any) -> None:
+    """Drop the no-ops a functionalized trace leaves: aliases, ``cat`` of one tensor, and
+    ``clone`` of a contiguous intermediate (nothing is mutated any more, so no copy is needed)."""
+    import torch
+
+    aten = torch.ops.aten
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        source = None
+        if node.target is aten.alias.default:
+            source = node.args[0]
+        elif node.target is aten.cat.default and len(node.args[0]) == 1:
+            source = node.args[0][0]
+        elif node.target is aten.clone.default:
+            source = node.args[0]
+        if not isinstance(source, torch.fx.Node):
+            continue
+        value, before = node.meta.get("val"), source.meta.get("val")
+        if not (isinstance(value, torch.Tensor) and isinstance(before, torch.Tensor)):
+            continue
+        if source.op == "placeholder" and any(u.op == "output" for u in node.users):
+            continue  # an output must not be the caller's own tensor
+        if value.shape != before.shape or value.dtype != before.dtype or not before.is_contiguous():
+            continue
+        node.replace_all_uses_with(source)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+
+
+def fewer_views(graph: Any) -> None:
+    """A view of a view of a contiguous tensor is one view; a view to the same shape is none;
+    ``x ** 1.0`` is ``x`` (torch computes it as a copy)."""
+    import torch
+
+    aten = torch.ops.aten
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            continue
+        if node.target is aten.view.default:
+            source = node.args[0]
+            while (
+                isinstance(source, torch.fx.Node)
+                and source.target is aten.view.default
+                and _contiguous(source.args[0])
+            ):
+                source = source.args[0]
+            if source is not node.args[0]:
+                node.args = (source, node.args[1])
+            before = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+            if _same(before, value) and not _feeds_output(node, source):
+                node.replace_all_uses_with(source)
+        elif node.target is aten.pow.Tensor_Scalar and node.args[1] == 1 and value.is_floating_point():
+            source = node.args[0]
+            if _same(source.meta.get("val"), value) and not _feeds_output(node, source):
+                node.replace_all_uses_with(source)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+
+
+def _contiguous(node: Any) -> bool:
+    import torch
+
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return isinstance(value, torch.Tensor) and value.is_contiguous()
+
+
+def _same(before: Any, value: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(before, torch.Tensor)
+        and before.shape == value.shape
+        and before.dtype == value.dtype
+        and before.stride() == value.stride()
+    )
+
+
+def _feeds_output(node: Any, source: Any) -> bool:
+    """Replacing ``node`` by ``source`` would hand a placeholder or constant to the output."""
+    return source.op in ("placeholder", "get_attr") and any(u.op == "output" for u in node.users)
+
+
+def _in_place_ops() -> dict:
+    """Out-of-place pointwise op: (its in-place form, whether its first two operands commute)."""
+    import torch
+
+    aten = torch.ops.aten
+    return {
+        aten.add.Tensor: (aten.add_.Tensor, True),
+        aten.mul.Tensor: (aten.mul_.Tensor, True),
+        aten.sub.Tensor: (aten.sub_.Tensor, False),
+        aten.div.Tensor: (aten.div_.Tensor, False),
+        aten.add.Scalar: (aten.add_.Scalar, False),
+        aten.mul.Scalar: (aten.mul_.Scalar, False),
+        aten.sub.Scalar: (aten.sub_.Scalar, False),
+        aten.div.Scalar: (aten.div_.Scalar, False),
+        aten.neg.default: (aten.neg_.default, False),
+        aten.exp.default: (aten.exp_.default, False),
+        aten.sin.default: (aten.sin_.default, False),
+        aten.cos.default: (aten.cos_.default, False),
+        aten.tanh.default: (aten.tanh_.default, False),
+        aten.pow.Tensor_Scalar: (aten.pow_.Scalar, False),
+    }
+
+
+def in_place(graph: Any) -> None:
+    """Write a pointwise op's result into an operand that the graph made and reads nowhere
+    else (the same arithmetic, one allocation fewer).
+
+    An operand qualifies when it is the fresh result of an op that returns no view (a
+    placeholder, a folded constant or a view of anything is never written), this op is its
+    only reader, and it has the result's shape, strides and dtype (no broadcasting, no type
+    promotion). ``a + b`` and ``a * b`` may write into either operand (IEEE addition and
+    multiplication commute exactly).
+    """
+    import torch
+
+    table = _in_place_ops()
+    written: set = set()  # nodes turned in-place: their result is their (fresh) first operand
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target not in table:
+            continue
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        target, commutes = table[node.target]
+        choices = [0, 1] if commutes else [0]
+        for i in choices:
+            if i >= len(node.args) or not _writable(node.args[i], node, value, written):
+                continue
+            args = list(node.args)
+            if i == 1:
+                args[0], args[1] = args[1], args[0]
+            node.target, node.args = target, tuple(args)
+            written.add(node)
+            break
+    graph.recompile()
+
+
+def _writable(operand: Any, reader: Any, value: Any, written: set) -> bool:
+    import torch
+
+    if not isinstance(operand, torch.fx.Node) or operand.op != "call_function":
+        return False
+    if list(operand.users) != [reader]:
+        return False
+    if operand in written:
+        return _same(operand.meta.get("val"), value)
+    schema = getattr(operand.target, "_schema", None)
+    if schema is None or len(schema.returns) != 1 or schema.returns[0].alias_info is not None:
+        return False  # a view (or an op of unknown aliasing) shares another tensor's memory
+    return _same(operand.meta.get("val"), value)
