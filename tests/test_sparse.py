@@ -592,3 +592,119 @@ def test_sparse_compile_gives_the_dense_jacobian():
         "could not be compiled" in n for n in outcome.timings.notes
     ), (engine, outcome.timings.notes)
     assert outcome.timings.get("compile") is not None
+
+
+# --- streaming (a small --max-memory) and torchrun: colour blocks into -o J.npz -------------------
+
+
+def _same_npz(a, b):
+    with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
+        assert sorted(x.files) == sorted(y.files)
+        for name in y.files:
+            assert x[name].dtype == y[name].dtype, name
+            np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+
+
+def test_a_small_max_memory_streams_colour_blocks_into_the_same_file(stencil_module):
+    import os
+
+    x = np.random.default_rng(1).standard_normal(64)
+    np.save("x64.npy", x)
+    for command in ("jacfwd", "jacrev"):
+        r = jac(command, "sten:f", "-p", "x64.npy", "--sparse", "--dtype", "float64", "-o", "M.npz", "-q")
+        assert r.code == 0, r
+        r = jac(command, "sten:f", "-p", "x64.npy", "--sparse", "--dtype", "float64", "-o", "S.npz",
+                "--max-memory", "8K")  # fmt: skip
+        assert r.code == 0, r
+        assert "streamed to S.npz in blocks of" in r.stderr, r.stderr
+        _same_npz("S.npz", "M.npz")
+        import sten
+
+        transform = torch.func.jacfwd if command == "jacfwd" else torch.func.jacrev
+        dense = transform(sten.f)(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(sp.load_npz("S.npz").toarray(), dense)
+    # a Hessian and several blocks stream too
+    r = jac("hessian", "sten:loss", "-p", "x64.npy", "--sparse", "-o", "HM.npz", "-q")
+    assert r.code == 0, r
+    r = jac("hessian", "sten:loss", "-p", "x64.npy", "--sparse", "-o", "HS.npz", "--max-memory", "2K", "-q")
+    assert r.code == 0, r
+    _same_npz("HS.npz", "HM.npz")
+    assert not [f for f in os.listdir(".") if f.endswith(".tmp")]  # no temporary file left
+
+
+def test_streaming_failure_leaves_no_file(workdir):
+    import os
+
+    write_module(
+        workdir,
+        "boom",
+        """
+        import torch
+        CALLS = [0]
+        def f(x):
+            CALLS[0] += 1
+            if CALLS[0] > 3 and not torch.compiler.is_compiling():
+                raise RuntimeError("broke mid-way")
+            return x.roll(1) * x
+        """,
+    )
+    np.save("x.npy", np.arange(1.0, 9.0))
+    r = jac(
+        "jacrev",
+        "boom:f",
+        "-p",
+        "x.npy",
+        "--sparse",
+        "-o",
+        "J.npz",
+        "--max-memory",
+        "200",
+        "--chunk-size",
+        "1",
+    )
+    assert r.code == 3, r
+    assert not [f for f in os.listdir(".") if f.startswith(".J.npz") or f == "J.npz"]
+
+
+def test_two_ranks_write_what_one_process_computes(stencil_module):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    np.save("x25.npy", np.random.default_rng(2).standard_normal(25))  # 5 x 5: colours split unevenly
+    r = jac("jacfwd", "sten:f", "-p", "x25.npy", "--sparse", "--dtype", "float64", "-o", "one.npz", "-q")
+    assert r.code == 0, r
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(port), "-m", "jaccli", "jacfwd", "sten:f", "-p", "x25.npy", "--sparse",
+        "--dtype", "float64", "-o", "two.npz",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    run_ = subprocess.run(command, env=env, capture_output=True, timeout=300, text=True)
+    assert run_.returncode == 0, run_.stderr
+    assert run_.stderr.count("wrote 1 result(s)") == 1, run_.stderr  # rank 0 alone
+    assert "shared over 2 ranks" in run_.stderr, run_.stderr
+    _same_npz("two.npz", "one.npz")
+    assert not [f for f in os.listdir(".") if f.endswith(".tmp")]
+
+
+def test_torchrun_needs_one_npz_file(stencil_module, monkeypatch):
+    for name, value in (
+        ("WORLD_SIZE", "2"),
+        ("RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "1"),
+    ):
+        monkeypatch.setenv(name, value)
+    assert_clean_error(jac("jacfwd", "sten:f", "-p", "x.npy", "--sparse"), 2, "-o PATH.npz")
+    assert_clean_error(jac("jacfwd", "sten:f", "-p", "x.npy", "--sparse", "-o", "J.json"), 2, "-o PATH.npz")
+    assert_clean_error(
+        jac("jacfwd", "sten:f", "-p", "x.npy", "--sparse", "-o", "J.npz", "--select", "jacobian"),
+        2,
+        "--select",
+    )
+    assert_clean_error(jac("sparsity", "sten:f", "-p", "x.npy", "-o", "P.npz"), 2, "without torchrun")

@@ -21,7 +21,7 @@ SPARSE_COMMANDS = ("jacfwd", "jacrev", "jacobian", "hessian")
 _NAMES = {"forward": "forward", "reverse": "reverse", "symmetric": "symmetric"}
 
 
-def _validate(request: Any, commands: tuple[str, ...]) -> None:
+def _validate(request: Any, commands: tuple[str, ...], torchrun: bool = False) -> None:
     from jaccli.sparse.files import _require_scipy
 
     if request.command not in commands:
@@ -37,8 +37,8 @@ def _validate(request: Any, commands: tuple[str, ...]) -> None:
         raise InputError("--sparse needs a deterministic function; leave out --randomness different")
     from jaccli import distributed
 
-    if distributed.launched():
-        raise InputError("--sparse does not run under torchrun yet: run it as one process")
+    if distributed.launched() and not torchrun:
+        raise InputError(f"jac {request.command} --sparse runs as one process: run it without torchrun")
 
 
 @dataclass
@@ -205,7 +205,7 @@ def _keys(request: Any, problem: Problem) -> tuple[list[str], list[int], list[in
 
 def run_sparse(request: Any) -> Any:
     """``jac jacobian|jacfwd|jacrev|hessian --sparse``: an Outcome whose ``sparse`` holds the result."""
-    _validate(request, SPARSE_COMMANDS)
+    _validate(request, SPARSE_COMMANDS, torchrun=True)
     import scipy.sparse as sp
     import torch
 
@@ -241,6 +241,9 @@ def run_sparse(request: Any) -> Any:
     sizes = [problem.sample[a].numel() for a in problem.argnums]
     engine = compressed.Compressed(setup.fn, problem.argnums, sizes, shapes, plan, chunk)
     primals, batch = setup.primals, request.batch_dim
+    meta = SparseResult(None, keys, rows, cols, br, bc, plan.count, mode, None)
+    if _streams(request, fmt, plan, problem, itemsize):
+        return _run_streamed(request, problem, plan, engine, meta, itemsize, why)
 
     if batch is None:
 
@@ -317,6 +320,79 @@ def run_sparse(request: Any) -> Any:
     _footer(timings, request.command, engine_label, setup)
     outcome = Outcome(results, {}, {k: dtype for k in results}, timings)
     outcome.sparse = result
+    return outcome
+
+
+def _streams(request: Any, fmt: str, plan: Any, problem: Problem, itemsize: int) -> bool:
+    """Whether the result goes to the file a colour block at a time (see jaccli.sparse.streamed)."""
+    from jaccli import distributed, memory
+    from jaccli.sparse import streamed
+
+    if distributed.launched():
+        streamed.refuse(request, "under torchrun")
+        return True
+    samples = 1 if request.batch_dim is None else problem.setup.primals[0].shape[request.batch_dim]
+    need = streamed.in_memory_bytes(plan, problem.m, problem.n, itemsize, samples)
+    if need <= memory.allowed_bytes(request.max_memory):
+        return False
+    if (
+        fmt == "npz"
+        and request.out not in (None, "-")
+        and request.batch_dim is None
+        and request.select is None
+    ):
+        return True
+    return False  # computed in memory, in blocks of colours (compressed.chunk_for)
+
+
+def _run_streamed(
+    request: Any, problem: Problem, plan: Any, engine: Any, meta: SparseResult, itemsize: int, why: str
+) -> Any:
+    """Compute into ``-o PATH.npz`` a block of colours at a time; colours shard over torchrun's ranks."""
+    from jaccli import distributed, memory
+    from jaccli.npyfile import check_room
+    from jaccli.routing import evaluate
+    from jaccli.runner import Outcome, _footer
+    from jaccli.sparse import streamed
+    from jaccli.streaming import Streamed
+    from jaccli.timing import Phase
+
+    setup, timings = problem.setup, problem.setup.timings
+    allowed = memory.allowed_bytes(request.max_memory)
+    where = "--max-memory" if request.max_memory is not None else "80% of the memory free now"
+    chunk = streamed.colour_chunk(plan, problem.m, problem.n, itemsize, allowed, request.chunk_size)
+    nnz = plan.pattern.nnz
+    if distributed.rank() == 0:  # the values' file and the .npz, side by side until the end
+        check_room(request.out, 2 * nnz * (itemsize + plan.pattern.indices.itemsize))
+    session = distributed.start(setup.device) if distributed.launched() else distributed.Single()
+    try:
+        report = streamed.write(
+            engine, setup.primals, plan, request.out, meta, chunk, session, timings.sync, request.command
+        )
+    finally:
+        session.close()
+    timings.phases.append(Phase("steady-state compute", [report["compute_s"]], is_series=True))
+    timings.series(
+        "function alone",
+        lambda: evaluate(setup.fn, setup.primals, None, request.engine, request.randomness),
+        request.repeat,
+        request.warmup,
+    )
+    timings.phases.append(Phase("write", [report["write_s"]]))
+    ranks = f"; {session.world} ranks, the times are rank 0's share" if session.world > 1 else ""
+    if distributed.launched():
+        memory_note = f"memory: streamed to {request.out}, colours shared over {session.world} ranks"
+    else:
+        memory_note = streamed.note(plan, chunk, request.out, problem.m, problem.n, itemsize, allowed, where)
+    timings.footer["memory"] = f"{memory_note}; steady-state compute is that one run, not repeated{ranks}"
+    timings.footer["mode"] = why
+    _footer(timings, request.command, f"sparse, {plan.count} {_product_name(plan.mode)}", setup)
+    key = ", ".join(meta.keys)
+    dtype = report["dtype"]
+    outcome = Outcome({}, {}, {key: dtype}, timings)
+    outcome.streamed = Streamed(
+        key, request.out, (nnz,), dtype, report["non_finite"], chunks=report["chunks"]
+    )
     return outcome
 
 

@@ -179,8 +179,13 @@ def chunk_for(budget: int | None, colours: int, m: int, n: int, itemsize: int) -
     """Colours per vmapped batch so that the products stay within ``budget`` bytes (None: all)."""
     if budget is None or colours == 0:
         return None
-    per = max(1, (m + 2 * n) * itemsize * 4)  # seeds, products and the transform's workspace
+    per = work_per_colour(m, n, itemsize)
     return max(1, min(colours, budget // per)) if budget // per < colours else None
+
+
+def work_per_colour(m: int, n: int, itemsize: int) -> int:
+    """Bytes one colour's product takes while computed: seeds, product, transform's workspace."""
+    return max(1, (m + 2 * n) * itemsize * 4)
 
 
 def numel(shape: Sequence[int]) -> int:
