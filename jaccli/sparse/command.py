@@ -408,7 +408,10 @@ def _steady(request: Any, setup: Any, compute: Any, values_of: Any, values: Any)
         )
         return compute, ""
     with timings.phase("compile" if request.compile else "trace"):
-        steady, why, label = kernel.trace(values_of, setup.primals, values, compile=request.compile)
+        cap = None if request.max_memory is None else max(1, request.max_memory // 16)  # folded constants
+        steady, why, label = kernel.trace(
+            values_of, setup.primals, values, compile=request.compile, fold_cap=cap
+        )
     if steady is None:
         timings.notes.append(
             f"--sparse: the steady state ran eager: {why}"

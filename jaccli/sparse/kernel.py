@@ -52,7 +52,8 @@ def trace(
     from jaccli.errors import describe
 
     tensors = [p.detach() for p in primals]
-    cap = fold_cap if fold_cap is not None else max(1 << 20, 8 * want.numel() * want.element_size())
+    cap = max(1 << 20, 8 * want.numel() * want.element_size())  # bytes per folded constant
+    cap = cap if fold_cap is None else min(cap, fold_cap)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -328,7 +329,7 @@ def in_place(graph: Any) -> None:
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             continue
         target, commutes = table[node.target]
-        choices = [0, 1] if commutes else [0]
+        choices = [0, 1] if commutes and not node.kwargs else [0]  # b + alpha * a is not a + alpha * b
         for i in choices:
             if i >= len(node.args) or not _writable(node.args[i], node, value, written):
                 continue
@@ -350,6 +351,8 @@ def _writable(operand: Any, reader: Any, value: Any, written: set) -> bool:
         return False
     if operand in written:
         return _same(operand.meta.get("val"), value)
+    if operand.target is torch.ops.aten._unsafe_view.default:
+        return False  # a view that its schema does not declare
     schema = getattr(operand.target, "_schema", None)
     if schema is None or len(schema.returns) != 1 or schema.returns[0].alias_info is not None:
         return False  # a view (or an op of unknown aliasing) shares another tensor's memory
