@@ -18,7 +18,9 @@ with ``make_fx`` into a graph of plain aten ops on the batched tensors, and then
 4. checks, on the first call's primals, that the graph gives the eager values (bit for bit,
    or within a few units in the last place where make_fx splits a composite op into its
    parts); if not, or if tracing fails, the steady state stays eager and a note says why;
-5. with ``--compile``, traces again with Inductor's decompositions and compiles the graph with
+5. runs the traced graph on one thread when that is faster, timed on a few runs (the ops of a
+   small graph are too small to split, and a parallel op on a busy machine waits for a core);
+6. with ``--compile``, traces again with Inductor's decompositions and compiles the graph with
    TorchInductor (as :mod:`jaccli.compiled` does for the dense routes; compiling ``vmap(jvp)``
    itself failed on a stride assertion, the flattened aten graph compiles), checked against
    the eager values within rounding.
@@ -48,6 +50,8 @@ def trace(
     """
     import warnings
 
+    import torch
+
     from jaccli.compiled import _difference, _first_sentence
     from jaccli.errors import describe
 
@@ -64,9 +68,11 @@ def trace(
         return None, f"it could not be traced ({_first_sentence(describe(exc))})", ""
     if not _agrees(got, want):
         return None, "the traced graph did not reproduce the eager values", ""
-    kernel = _call(run, tensors)
+    kernel, label = _call(run, tensors), TRACED
+    if torch.get_num_threads() > 1 and _one_thread_is_faster(kernel):
+        kernel, label = _on_one_thread(kernel), f"{TRACED}, on one thread"
     if not compile:
-        return kernel, None, TRACED
+        return kernel, None, label
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -75,8 +81,47 @@ def trace(
     except Exception as exc:  # noqa: BLE001 - Inductor failed: the traced graph still serves
         problem = _first_sentence(describe(exc))
     if problem is not None:
-        return kernel, f"could not be compiled ({problem}); ran the traced graph uncompiled", TRACED
+        return kernel, f"could not be compiled ({problem}); ran the traced graph uncompiled", label
     return compiled, None, "traced to one aten graph (make_fx), compiled by TorchInductor"
+
+
+def _one_thread_is_faster(kernel: Callable[[], Any], runs: int = 7) -> bool:
+    """Small graphs run faster on one thread: each op's work is too small to split, and on a
+    busy machine a parallel op waits for a second core (its median was 100x its min on a
+    shared 2-core VM). Timed here, alternately, by the median of a few runs each."""
+    import statistics
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    one, many = [], []
+    for _ in range(runs):
+        for times, count in ((one, 1), (many, threads)):
+            torch.set_num_threads(count)
+            try:
+                start = time.perf_counter()
+                kernel()
+                times.append(time.perf_counter() - start)
+            finally:
+                torch.set_num_threads(threads)
+    return statistics.median(one) <= statistics.median(many)
+
+
+def _on_one_thread(kernel: Callable[[], Any]) -> Callable[[], Any]:
+    import torch
+
+    get, set_threads = torch.get_num_threads, torch.set_num_threads
+
+    def single() -> Any:
+        threads = get()
+        set_threads(1)
+        try:
+            return kernel()
+        finally:
+            set_threads(threads)
+
+    return single
 
 
 def _agrees(got: Any, want: Any) -> bool:
