@@ -532,6 +532,9 @@ def test_traced_kernel_reproduces_the_eager_values_of_hessians_and_batches():
     assert why is None and label.startswith("traced")
     np.testing.assert_array_equal(run_kernel().numpy(), want.numpy())
     np.testing.assert_array_equal(run_kernel().numpy(), want.numpy())  # and again
+    # the gradient's seed ones_like(f(x)) does not depend on f(x)'s value: the forward pass is gone
+    graph = kernel._graph(lambda t: engine.values([t]), [x], decompose=False, cap=1 << 20)
+    assert not [n for n in graph.graph.nodes if n.target is torch.ops.aten.sum.default]
     batch = torch.randn(3, 16, generator=GEN, dtype=torch.float64)
     engine = _engine(stencil, batch[0], "reverse")
     values = lambda b: torch.func.vmap(lambda t: engine.values([t]))(b)  # noqa: E731

@@ -210,6 +210,10 @@ def fold_constants(graph: Any, cap: int) -> int:
             continue
         if node.op != "call_function":
             continue
+        filled = _filled(node)
+        if filled is not None:
+            values[node] = filled
+            continue
         leaves, _ = tree_flatten((node.args, node.kwargs))
         if not all(a in values for a in leaves if isinstance(a, torch.fx.Node)):
             continue
@@ -242,6 +246,35 @@ def fold_constants(graph: Any, cap: int) -> int:
     graph.graph.eliminate_dead_code()
     graph.recompile()
     return kept
+
+
+def _filled(node: Any) -> Any:
+    """The value of an op whose result does not depend on its input's values, only on its
+    shape (static in the trace): ``ones_like(x)`` (the seed of a gradient, whose ``x`` is the
+    whole forward pass), ``zeros_like``, ``full_like``, ``x ** 0``. None for any other op."""
+    import torch
+
+    aten = torch.ops.aten
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.is_complex()):
+        return None
+    target, args = node.target, node.args
+    if target is aten.ones_like.default:
+        fill = 1
+    elif target is aten.zeros_like.default:
+        fill = 0
+    elif target is aten.full_like.default and isinstance(args[1], (int, float)):
+        fill = args[1]
+    elif target is aten.pow.Tensor_Scalar and isinstance(args[1], (int, float)) and args[1] == 0:
+        fill = 1  # x ** 0 is 1 for every x, NaN included
+    else:
+        return None
+    try:
+        shape = [int(d) for d in value.shape]
+        stride = [int(d) for d in value.stride()]
+    except (TypeError, RuntimeError):  # symbolic sizes: leave it to run
+        return None
+    return torch.empty_strided(shape, stride, dtype=value.dtype, device=value.device).fill_(fill)
 
 
 def simplify(graph: Any) -> None:
