@@ -358,6 +358,10 @@ def _run_streamed(
     from jaccli.timing import Phase
 
     setup, timings = problem.setup, problem.setup.timings
+    if request.compile:
+        timings.notes.append(
+            "--sparse: written a block of colours at a time, computed once: --compile was not used"
+        )
     allowed = memory.allowed_bytes(request.max_memory)
     where = "--max-memory" if request.max_memory is not None else "80% of the memory free now"
     chunk = streamed.colour_chunk(plan, problem.m, problem.n, itemsize, allowed, request.chunk_size)
