@@ -9,8 +9,9 @@ with ``make_fx`` into a graph of plain aten ops on the batched tensors, and then
 1. folds constants: every node that depends on no primal (the seed matrix, the tangents pushed
    through the linear part of the function, the index tensors that ``roll`` or ``pad`` build,
    and ``ones_like(f(x))``, the seed of a gradient, whose value needs only f(x)'s shape, so
-   that a Hessian's graph no longer computes f(x)) is computed once and stored in the graph, so that a run does only the work that depends on
-   the primals (:func:`fold_constants`, within a memory cap);
+   that a Hessian's graph no longer computes f(x)) is computed once and stored in the graph,
+   so that a run does only the work that depends on the primals (:func:`fold_constants`,
+   within a memory cap);
 2. drops what the trace leaves that does nothing once there are no mutations (``alias``, a
    ``cat`` of one tensor, a ``clone`` of a contiguous intermediate);
 3. for the eager graph, collapses chains of views and writes a pointwise op into an operand
