@@ -71,7 +71,8 @@ def trace(
     if not _agrees(got, want):
         return None, "the traced graph did not reproduce the eager values", ""
     kernel, label = _call(run, tensors), TRACED
-    if torch.get_num_threads() > 1 and _one_thread_is_faster(kernel):
+    on_cpu = want.device.type == "cpu"  # a CUDA graph's ops do not run on torch's CPU threads
+    if on_cpu and torch.get_num_threads() > 1 and _one_thread_is_faster(kernel):
         kernel, label = _on_one_thread(kernel), f"{TRACED}, on one thread"
     if not compile:
         return kernel, None, label
