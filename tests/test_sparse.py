@@ -701,3 +701,14 @@ def test_torchrun_needs_one_npz_file(stencil_module, monkeypatch):
         "--select",
     )
     assert_clean_error(jac("sparsity", "sten:f", "-p", "x.npy", "-o", "P.npz"), 2, "without torchrun")
+
+
+@pytest.mark.cuda
+def test_sparse_on_cuda_traces_and_streams_like_the_cpu():
+    x = torch.randn(64, generator=GEN, dtype=torch.float64)
+    cpu = _sparse("jacfwd", stencil, x).matrix.toarray()
+    outcome = run(
+        Request("jacfwd", stencil, primals=[x], dtype="float64", sparse=True, repeat=2, device="cuda")
+    )
+    np.testing.assert_allclose(outcome.sparse.matrix.toarray(), cpu, rtol=1e-12, atol=1e-12)
+    assert "traced to one aten graph" in outcome.timings.footer["engine"], outcome.timings.notes
