@@ -564,6 +564,9 @@ def test_kernel_passes_fold_constants_and_reuse_buffers_without_changing_values(
     assert any(str(t).endswith("_.Tensor") or "_." in str(t) for t in after)  # an in-place op
     np.testing.assert_array_equal(graph(x)[0].numpy(), want.numpy())
     np.testing.assert_array_equal(graph(x)[0].numpy(), want.numpy())  # buffers are not reused across calls
+    direct = kernel.direct(graph)  # the same graph as straight-line calls of the ops' C++ entry points
+    np.testing.assert_array_equal(direct(x)[0].numpy(), want.numpy())
+    np.testing.assert_array_equal(direct(x)[0].numpy(), want.numpy())
     # a zero cap folds nothing and changes nothing
     graph = make_fx(lambda t: [engine.values([t])])(x)
     assert kernel.fold_constants(graph, 0) == 0
