@@ -24,7 +24,9 @@ with ``make_fx`` into a graph of plain aten ops on the batched tensors, and then
    (:func:`direct`): FX's own code looks up ``torch.ops.aten.<op>.<overload>`` and goes through
    the overload's Python ``__call__`` on every op of every run, 16% of the stencil's run;
 6. runs the traced graph on one thread when that is faster, timed on a few runs (the ops of a
-   small graph are too small to split, and a parallel op on a busy machine waits for a core);
+   small graph are too small to split, and a parallel op on a busy machine waits for a core:
+   medians 100x the mins were seen on a shared 2-core VM); the same for the compiled graph,
+   whose OpenMP loops take torch's thread count when they run;
 7. with ``--compile``, traces again with Inductor's decompositions and compiles the graph with
    TorchInductor (as :mod:`jaccli.compiled` does for the dense routes; compiling ``vmap(jvp)``
    itself failed on a stride assertion, the flattened aten graph compiles), checked against
@@ -93,7 +95,11 @@ def trace(
         problem = _first_sentence(describe(exc))
     if problem is not None:
         return kernel, f"could not be compiled ({problem}); ran the traced graph uncompiled", label
-    return compiled, None, "traced to one aten graph (make_fx), compiled by TorchInductor"
+    label = "traced to one aten graph (make_fx), compiled by TorchInductor"
+    compiled()  # past the wrapper's first call (see _inductor), before timing it
+    if on_cpu and torch.get_num_threads() > 1 and _one_thread_is_faster(compiled, runs=15):
+        compiled, label = _on_one_thread(compiled), f"{label}, on one thread"  # its OpenMP follows torch's
+    return compiled, None, label
 
 
 def _one_thread_is_faster(kernel: Callable[[], Any], runs: int = 7) -> bool:
