@@ -161,7 +161,7 @@ def section_steady(quick: bool) -> list[dict]:
     x = torch.randn(n)
     have = _asdex()
     times: dict[str, list[float]] = {"jac": [], "compiled": [], "jacrev": [], "anchor": [], "asdex": []}
-    compiled_how = []
+    compiled_how, one_thread = [], {"jac": 0, "compiled": 0}  # rounds whose kernel chose one thread
     # the hand-seeded anchor: the stencil's 9 colours from jac's own colouring, one vmapped jvp
     from jaccli.sparse import colouring
     from jaccli.sparse.detect import detect
@@ -193,6 +193,8 @@ def section_steady(quick: bool) -> list[dict]:
         )
         times["compiled"].extend(compiled.timings.get("steady-state compute").times)
         compiled_how.append("compiled by TorchInductor" in compiled.timings.footer["engine"])
+        one_thread["jac"] += "on one thread" in outcome.timings.footer["engine"]
+        one_thread["compiled"] += "on one thread" in compiled.timings.footer["engine"]
         times["jacrev"].extend(_times(lambda: torch.func.jacrev(stencil)(x), 1 if quick else 2))
         times["anchor"].extend(_times(anchor, 20))
         if asdex_call is not None:
@@ -206,6 +208,8 @@ def section_steady(quick: bool) -> list[dict]:
             "jac --sparse": f"{t['jac'] * 1e6:.0f} us",
             "jac --sparse --compile": f"{t['compiled'] * 1e6:.0f} us"
             + ("" if all(compiled_how) else " (Inductor failed: traced graph, uncompiled)"),
+            "rounds on one thread (jac, --compile)": f"{one_thread['jac']}/{rounds}, "
+            f"{one_thread['compiled']}/{rounds}",
             "dense jacrev": f"{t['jacrev'] * 1e3:.1f} ms",
             "jacrev / jac": f"{t['jacrev'] / t['jac']:.0f}x",
             "hand-seeded vmap(jvp)": f"{t['anchor'] * 1e3:.3f} ms",
