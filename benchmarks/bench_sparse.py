@@ -4,9 +4,10 @@ Three tables (``python benchmarks/run.py sparse``):
 
 - colours: jac's colourings against asdex's on four functions (the 2-D periodic stencil
   f(u) = Lap(u) + u^2 - u^3, a 1-D Brusselator, an arrowhead, the Hessian of a chain energy);
-- steady state at n = 4,096: jac's ``--sparse --repeat`` median against dense
-  ``torch.func.jacrev``, five-to-nine JVPs seeded by hand under ``vmap`` (the torch floor), and
-  asdex's sparse Jacobian under ``jax.jit``, timed alternately round after round;
+- steady state at n = 4,096: jac's ``--sparse --repeat`` (the traced graph,
+  jaccli.sparse.kernel) and ``--sparse --compile --repeat`` against dense ``torch.func.jacrev``,
+  nine JVPs seeded by hand under eager ``vmap`` (the eager torch floor), and asdex's sparse
+  Jacobian under ``jax.jit``, timed alternately round after round (median and min);
 - one-shot at n = 65,536: ``jac jacobian --sparse -o J.npz`` end to end (detection included)
   against ``python -c "import torch"``, and asdex's detect + colour + jit + one call in a fresh
   process.
@@ -159,7 +160,8 @@ def section_steady(quick: bool) -> list[dict]:
     rounds = 3 if quick else 7
     x = torch.randn(n)
     have = _asdex()
-    times: dict[str, list[float]] = {"jac": [], "jacrev": [], "anchor": [], "asdex": []}
+    times: dict[str, list[float]] = {"jac": [], "compiled": [], "jacrev": [], "anchor": [], "asdex": []}
+    compiled_how, one_thread = [], {"jac": 0, "compiled": 0}  # rounds whose kernel chose one thread
     # the hand-seeded anchor: the stencil's 9 colours from jac's own colouring, one vmapped jvp
     from jaccli.sparse import colouring
     from jaccli.sparse.detect import detect
@@ -186,6 +188,13 @@ def section_steady(quick: bool) -> list[dict]:
     for _ in range(rounds):
         outcome = run(Request("jacobian", stencil, primals=[x], sparse=True, repeat=20, warmup=2))
         times["jac"].extend(outcome.timings.get("steady-state compute").times)
+        compiled = run(
+            Request("jacobian", stencil, primals=[x], sparse=True, compile=True, repeat=20, warmup=2)
+        )
+        times["compiled"].extend(compiled.timings.get("steady-state compute").times)
+        compiled_how.append("compiled by TorchInductor" in compiled.timings.footer["engine"])
+        one_thread["jac"] += "on one thread" in outcome.timings.footer["engine"]
+        one_thread["compiled"] += "on one thread" in compiled.timings.footer["engine"]
         times["jacrev"].extend(_times(lambda: torch.func.jacrev(stencil)(x), 1 if quick else 2))
         times["anchor"].extend(_times(anchor, 20))
         if asdex_call is not None:
@@ -196,7 +205,11 @@ def section_steady(quick: bool) -> list[dict]:
         row = {
             "n": n,
             "statistic": stat,
-            "jac --sparse": f"{t['jac'] * 1e3:.3f} ms",
+            "jac --sparse": f"{t['jac'] * 1e6:.0f} us",
+            "jac --sparse --compile": f"{t['compiled'] * 1e6:.0f} us"
+            + ("" if all(compiled_how) else " (Inductor failed: traced graph, uncompiled)"),
+            "rounds on one thread (jac, --compile)": f"{one_thread['jac']}/{rounds}, "
+            f"{one_thread['compiled']}/{rounds}",
             "dense jacrev": f"{t['jacrev'] * 1e3:.1f} ms",
             "jacrev / jac": f"{t['jacrev'] / t['jac']:.0f}x",
             "hand-seeded vmap(jvp)": f"{t['anchor'] * 1e3:.3f} ms",
@@ -205,6 +218,7 @@ def section_steady(quick: bool) -> list[dict]:
         if "asdex" in t:
             row["asdex jit"] = f"{t['asdex'] * 1e6:.0f} us"
             row["jac / asdex"] = f"{t['jac'] / t['asdex']:.1f}x"
+            row["jac --compile / asdex"] = f"{t['compiled'] / t['asdex']:.2f}x"
         else:
             row["asdex jit"] = "asdex not installed"
         rows.append(row)

@@ -149,7 +149,10 @@ def test_sparse_jacobian_equals_the_dense_one_exactly(fn):
     x = torch.randn(6, generator=GEN, dtype=torch.float64)
     for command in ("jacfwd", "jacrev"):
         dense = _dense(fn, [x], mode=command[3:])
-        result = _sparse(command, fn, x)
+        outcome = run(Request(command, fn, primals=[x], dtype="float64", sparse=True, repeat=1))
+        result = outcome.sparse
+        # the steady state ran the traced graph, which reproduced these values (jaccli.sparse.kernel)
+        assert "traced to one aten graph" in outcome.timings.footer["engine"], outcome.timings.notes
         assert result.matrix.shape == dense.shape
         np.testing.assert_array_equal(result.matrix.toarray(), dense)
     pattern = detect(fn, [x], (0,)).matrix.toarray()
@@ -501,3 +504,214 @@ def test_hessian_pattern_round_trip(stencil_module):
 
     x = torch.from_numpy(np.load("x.npy"))
     np.testing.assert_array_equal(sp.load_npz("Hs.npz").toarray(), torch.func.hessian(sten.loss)(x).numpy())
+
+
+# --- the steady-state kernel (jaccli.sparse.kernel) -----------------------------------------------
+
+
+def _engine(fn, x, mode):
+    p = detect(fn, [x], (0,), hessian=mode == "symmetric")
+    pattern = p.hessian if mode == "symmetric" else p.matrix
+    colours = {
+        "forward": colouring.column_colouring,
+        "reverse": colouring.row_colouring,
+        "symmetric": colouring.star_colouring,
+    }[mode](pattern)
+    plan = compressed.plan(mode, pattern, colours)
+    return compressed.Compressed(fn, [0], [x.numel()], [tuple(x.shape)], plan)
+
+
+def test_traced_kernel_reproduces_the_eager_values_of_hessians_and_batches():
+    from jaccli.sparse import kernel
+
+    x = torch.randn(9, generator=GEN, dtype=torch.float64)
+    chain = lambda t: ((t[1:] - t[:-1]) ** 2).sum() + (t**4).sum() + (t[2:] * t[:-2]).sum()  # noqa: E731
+    engine = _engine(chain, x, "symmetric")
+    want = engine.values([x])
+    run_kernel, why, label = kernel.trace(lambda t: engine.values([t]), [x], want)
+    assert why is None and label.startswith("traced")
+    np.testing.assert_array_equal(run_kernel().numpy(), want.numpy())
+    np.testing.assert_array_equal(run_kernel().numpy(), want.numpy())  # and again
+    # the gradient's seed ones_like(f(x)) does not depend on f(x)'s value: the forward pass is gone
+    graph = kernel._graph(lambda t: engine.values([t]), [x], decompose=False, cap=1 << 20)
+    assert not [n for n in graph.graph.nodes if n.target is torch.ops.aten.sum.default]
+    batch = torch.randn(3, 16, generator=GEN, dtype=torch.float64)
+    engine = _engine(stencil, batch[0], "reverse")
+    values = lambda b: torch.func.vmap(lambda t: engine.values([t]))(b)  # noqa: E731
+    want = values(batch)
+    run_kernel, why, _ = kernel.trace(values, [batch], want)
+    assert why is None
+    np.testing.assert_array_equal(run_kernel().numpy(), want.numpy())
+
+
+def test_kernel_passes_fold_constants_and_reuse_buffers_without_changing_values():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from jaccli.sparse import kernel
+
+    x = torch.randn(16, generator=GEN, dtype=torch.float64)
+    engine = _engine(stencil, x, "forward")
+    want = engine.values([x])
+    graph = make_fx(lambda t: [engine.values([t])])(x)
+    ops = lambda g: [n.target for n in g.graph.nodes if n.op == "call_function"]  # noqa: E731
+    before = len(ops(graph))
+    assert kernel.fold_constants(graph, 1 << 20) > 0  # the seeds and the Laplacian of the seeds
+    kernel.simplify(graph)
+    kernel.fewer_views(graph)
+    kernel.in_place(graph)
+    after = ops(graph)
+    assert len(after) < before / 2
+    assert any(str(t).endswith("_.Tensor") or "_." in str(t) for t in after)  # an in-place op
+    np.testing.assert_array_equal(graph(x)[0].numpy(), want.numpy())
+    np.testing.assert_array_equal(graph(x)[0].numpy(), want.numpy())  # buffers are not reused across calls
+    direct = kernel.direct(graph)  # the same graph as straight-line calls of the ops' C++ entry points
+    np.testing.assert_array_equal(direct(x)[0].numpy(), want.numpy())
+    np.testing.assert_array_equal(direct(x)[0].numpy(), want.numpy())
+    # a zero cap folds nothing and changes nothing
+    graph = make_fx(lambda t: [engine.values([t])])(x)
+    assert kernel.fold_constants(graph, 0) == 0
+    np.testing.assert_array_equal(graph(x)[0].numpy(), want.numpy())
+
+
+def test_untraceable_steady_state_runs_eager_with_a_note(monkeypatch):
+    from jaccli.sparse import kernel
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no tracing here. More text")
+
+    monkeypatch.setattr(kernel, "_graph", refuse)
+    x = torch.randn(16, generator=GEN, dtype=torch.float64)
+    outcome = run(Request("jacobian", stencil, primals=[x], sparse=True, repeat=2))
+    assert any("ran eager" in n and "no tracing here" in n for n in outcome.timings.notes)
+    np.testing.assert_array_equal(outcome.sparse.matrix.toarray(), _dense(stencil, [x], mode="fwd"))
+    assert "traced" not in outcome.timings.footer["engine"]
+
+
+def test_sparse_compile_gives_the_dense_jacobian():
+    # one tiny case: compiling costs seconds. Where Inductor cannot run (no C++ compiler) the
+    # note says so and the traced graph runs; the written values are the eager ones either way.
+    x = torch.randn(16, generator=GEN, dtype=torch.float64)
+    outcome = run(Request("jacfwd", stencil, primals=[x], sparse=True, compile=True, repeat=2))
+    np.testing.assert_array_equal(outcome.sparse.matrix.toarray(), _dense(stencil, [x], mode="fwd"))
+    engine = outcome.timings.footer["engine"]
+    assert "compiled by TorchInductor" in engine or any(
+        "could not be compiled" in n for n in outcome.timings.notes
+    ), (engine, outcome.timings.notes)
+    assert outcome.timings.get("compile") is not None
+
+
+# --- streaming (a small --max-memory) and torchrun: colour blocks into -o J.npz -------------------
+
+
+def _same_npz(a, b):
+    with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
+        assert sorted(x.files) == sorted(y.files)
+        for name in y.files:
+            assert x[name].dtype == y[name].dtype, name
+            np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+
+
+def test_a_small_max_memory_streams_colour_blocks_into_the_same_file(stencil_module):
+    import os
+
+    x = np.random.default_rng(1).standard_normal(64)
+    np.save("x64.npy", x)
+    for command in ("jacfwd", "jacrev"):
+        r = jac(command, "sten:f", "-p", "x64.npy", "--sparse", "--dtype", "float64", "-o", "M.npz", "-q")
+        assert r.code == 0, r
+        r = jac(command, "sten:f", "-p", "x64.npy", "--sparse", "--dtype", "float64", "-o", "S.npz",
+                "--max-memory", "8K")  # fmt: skip
+        assert r.code == 0, r
+        assert "streamed to S.npz in blocks of" in r.stderr, r.stderr
+        _same_npz("S.npz", "M.npz")
+        import sten
+
+        transform = torch.func.jacfwd if command == "jacfwd" else torch.func.jacrev
+        dense = transform(sten.f)(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(sp.load_npz("S.npz").toarray(), dense)
+    # a Hessian and several blocks stream too
+    r = jac("hessian", "sten:loss", "-p", "x64.npy", "--sparse", "-o", "HM.npz", "-q")
+    assert r.code == 0, r
+    r = jac("hessian", "sten:loss", "-p", "x64.npy", "--sparse", "-o", "HS.npz", "--max-memory", "2K", "-q")
+    assert r.code == 0, r
+    _same_npz("HS.npz", "HM.npz")
+    assert not [f for f in os.listdir(".") if f.endswith(".tmp")]  # no temporary file left
+
+
+def test_streaming_failure_leaves_no_file(workdir, monkeypatch):
+    import os
+
+    from jaccli.errors import FunctionError
+    from jaccli.sparse import streamed
+
+    blocks = []
+    original = streamed._block
+
+    def second_block_breaks(*args, **kwargs):
+        blocks.append(1)
+        if len(blocks) == 2:
+            raise FunctionError("jacrev: broke mid-way")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(streamed, "_block", second_block_breaks)
+    x = torch.randn(16, generator=GEN, dtype=torch.float64)
+    request = Request("jacrev", stencil, primals=[x], sparse=True, out="J.npz", max_memory=200, chunk_size=1)
+    with pytest.raises(FunctionError, match="broke mid-way"):
+        run(request)
+    assert len(blocks) == 2  # the first block was written into the values' file, then removed
+    assert os.listdir(".") == []
+
+
+def test_two_ranks_write_what_one_process_computes(stencil_module):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    np.save("x25.npy", np.random.default_rng(2).standard_normal(25))  # 5 x 5: colours split unevenly
+    r = jac("jacfwd", "sten:f", "-p", "x25.npy", "--sparse", "--dtype", "float64", "-o", "one.npz", "-q")
+    assert r.code == 0, r
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(port), "-m", "jaccli", "jacfwd", "sten:f", "-p", "x25.npy", "--sparse",
+        "--dtype", "float64", "-o", "two.npz",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    run_ = subprocess.run(command, env=env, capture_output=True, timeout=300, text=True)
+    assert run_.returncode == 0, run_.stderr
+    assert run_.stderr.count("wrote 1 result(s)") == 1, run_.stderr  # rank 0 alone
+    assert "shared over 2 ranks" in run_.stderr, run_.stderr
+    _same_npz("two.npz", "one.npz")
+    assert not [f for f in os.listdir(".") if f.endswith(".tmp")]
+
+
+def test_torchrun_needs_one_npz_file(stencil_module, monkeypatch):
+    for name, value in (
+        ("WORLD_SIZE", "2"),
+        ("RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "1"),
+    ):
+        monkeypatch.setenv(name, value)
+    assert_clean_error(jac("jacfwd", "sten:f", "-p", "x.npy", "--sparse"), 2, "-o PATH.npz")
+    assert_clean_error(jac("jacfwd", "sten:f", "-p", "x.npy", "--sparse", "-o", "J.json"), 2, "-o PATH.npz")
+    assert_clean_error(
+        jac("jacfwd", "sten:f", "-p", "x.npy", "--sparse", "-o", "J.npz", "--select", "jacobian"),
+        2,
+        "--select",
+    )
+    assert_clean_error(jac("sparsity", "sten:f", "-p", "x.npy", "-o", "P.npz"), 2, "without torchrun")
+
+
+@pytest.mark.cuda
+def test_sparse_on_cuda_traces_and_streams_like_the_cpu():
+    x = torch.randn(64, generator=GEN, dtype=torch.float64)
+    cpu = _sparse("jacfwd", stencil, x).matrix.toarray()
+    outcome = run(
+        Request("jacfwd", stencil, primals=[x], dtype="float64", sparse=True, repeat=2, device="cuda")
+    )
+    np.testing.assert_allclose(outcome.sparse.matrix.toarray(), cpu, rtol=1e-12, atol=1e-12)
+    assert "traced to one aten graph" in outcome.timings.footer["engine"], outcome.timings.notes

@@ -22,7 +22,7 @@ _NAMES = {"forward": "forward", "reverse": "reverse", "symmetric": "symmetric"}
 TRACED = "traced (make_fx)"  # the engine of jac sparsity
 
 
-def _validate(request: Any, commands: tuple[str, ...]) -> None:
+def _validate(request: Any, commands: tuple[str, ...], torchrun: bool = False) -> None:
     from jaccli.sparse.files import _require_scipy
 
     if request.command not in commands:
@@ -38,8 +38,8 @@ def _validate(request: Any, commands: tuple[str, ...]) -> None:
         raise InputError("--sparse needs a deterministic function; leave out --randomness different")
     from jaccli.scale import distributed
 
-    if distributed.launched():
-        raise InputError("--sparse does not run under torchrun yet: run it as one process")
+    if distributed.launched() and not torchrun:
+        raise InputError(f"jac {request.command} --sparse runs as one process: run it without torchrun")
 
 
 @dataclass
@@ -206,7 +206,7 @@ def _keys(request: Any, problem: Problem) -> tuple[list[str], list[int], list[in
 
 def run_sparse(request: Any) -> Any:
     """``jac jacobian|jacfwd|jacrev|hessian --sparse``: an Outcome whose ``sparse`` holds the result."""
-    _validate(request, SPARSE_COMMANDS)
+    _validate(request, SPARSE_COMMANDS, torchrun=True)
     import scipy.sparse as sp
     import torch
 
@@ -235,8 +235,6 @@ def run_sparse(request: Any) -> Any:
             "--sparse: no sparsity rule for " + ", ".join(fallbacks) + "; their outputs were taken to depend "
             "on every element they read (the pattern may hold more entries than needed)"
         )
-    if request.compile:
-        timings.notes.append("--sparse runs uncompiled; --compile was not used")
     itemsize = setup.primals[0].element_size()
     chunk = request.chunk_size or compressed.chunk_for(
         request.max_memory, plan.count, problem.m, problem.n, itemsize
@@ -245,16 +243,22 @@ def run_sparse(request: Any) -> Any:
     sizes = [problem.sample[a].numel() for a in problem.argnums]
     engine = compressed.Compressed(setup.fn, problem.argnums, sizes, shapes, plan, chunk)
     primals, batch = setup.primals, request.batch_dim
+    meta = SparseResult(None, keys, rows, cols, br, bc, plan.count, mode, None)
+    if _streams(request, fmt, plan, problem, itemsize):
+        return _run_streamed(request, problem, plan, engine, meta, itemsize, why)
 
     if batch is None:
 
-        def compute() -> Any:
-            return engine.values(primals)
+        def values_of(*p: Any) -> Any:
+            return engine.values(p)
     else:
         engine.vmapped = True
 
-        def compute() -> Any:
-            return torch.func.vmap(lambda *p: engine.values(p), in_dims=batch)(*primals)
+        def values_of(*p: Any) -> Any:
+            return torch.func.vmap(lambda *q: engine.values(q), in_dims=batch)(*p)
+
+    def compute() -> Any:
+        return values_of(*primals)
 
     from jaccli.autodiff.transforms import guarded
 
@@ -278,7 +282,10 @@ def run_sparse(request: Any) -> Any:
             engine._seeds.clear()
             values = guarded(compute, request.command)
     first = timings.get("first call").times[0]
-    timings.series("steady-state compute", compute, request.repeat, request.warmup, per_run_s=first)
+    steady, label = compute, ""
+    if request.repeat or request.compile:  # steady-state runs asked for: worth a trace
+        steady, label = _steady(request, setup, compute, values_of, values)
+    timings.series("steady-state compute", steady, request.repeat, request.warmup, per_run_s=first)
     timings.series(
         "function alone",
         lambda: evaluate(setup.fn, primals, batch, request.engine, request.randomness),
@@ -311,10 +318,131 @@ def run_sparse(request: Any) -> Any:
             )
         results = {k: result.selected(k).matrix.data for k in result.keys}
     timings.footer["mode"] = f"{why}"
-    footer(timings, request.command, f"sparse, {plan.count} {_product_name(mode)}", setup)
+    engine_label = f"sparse, {plan.count} {_product_name(mode)}" + (f"; {label}" if label else "")
+    footer(timings, request.command, engine_label, setup)
     outcome = Outcome(results, {}, {k: dtype for k in results}, timings)
     outcome.sparse, outcome.writer = result, deliver_sparse
     return outcome
+
+
+def _streams(request: Any, fmt: str, plan: Any, problem: Problem, itemsize: int) -> bool:
+    """Whether the result goes to the file a colour block at a time (see jaccli.sparse.streamed)."""
+    from jaccli.scale import distributed, memory
+    from jaccli.sparse import streamed
+
+    if distributed.launched():
+        streamed.refuse(request, "under torchrun")
+        return True
+    samples = 1 if request.batch_dim is None else problem.setup.primals[0].shape[request.batch_dim]
+    need = streamed.in_memory_bytes(plan, problem.m, problem.n, itemsize, samples)
+    if need <= memory.allowed_bytes(request.max_memory):
+        return False
+    if (
+        fmt == "npz"
+        and request.out not in (None, "-")
+        and request.batch_dim is None
+        and request.select is None
+    ):
+        return True
+    return False  # computed in memory, in blocks of colours (compressed.chunk_for)
+
+
+def _run_streamed(
+    request: Any, problem: Problem, plan: Any, engine: Any, meta: SparseResult, itemsize: int, why: str
+) -> Any:
+    """Compute into ``-o PATH.npz`` a block of colours at a time; colours shard over torchrun's ranks."""
+    from jaccli.autodiff.routing import evaluate
+    from jaccli.io.npyfile import check_room
+    from jaccli.pipeline.delivery import footer
+    from jaccli.pipeline.request import Outcome
+    from jaccli.report.record import for_output
+    from jaccli.report.timing import Phase
+    from jaccli.scale import distributed, memory
+    from jaccli.scale.streaming import Streamed
+    from jaccli.sparse import streamed
+
+    setup, timings = problem.setup, problem.setup.timings
+    if request.compile:
+        timings.notes.append(
+            "--sparse: written a block of colours at a time, computed once: --compile was not used"
+        )
+    allowed = memory.allowed_bytes(request.max_memory)
+    where = "--max-memory" if request.max_memory is not None else "80% of the memory free now"
+    chunk = streamed.colour_chunk(plan, problem.m, problem.n, itemsize, allowed, request.chunk_size)
+    nnz = plan.pattern.nnz
+    if distributed.rank() == 0:  # the values' file and the .npz, side by side until the end
+        check_room(request.out, 2 * nnz * (itemsize + plan.pattern.indices.itemsize))
+    engine_label = f"sparse, {plan.count} {_product_name(plan.mode)}"
+    dtype_name = str(setup.primals[0].dtype).replace("torch.", "")
+    record = for_output(  # before the write: the inputs as read; the footer is not set yet
+        request, timings, "npz", engine=engine_label, device=str(setup.device), dtype=dtype_name
+    )
+    session = distributed.start(setup.device) if distributed.launched() else distributed.Single()
+    try:
+        report = streamed.write(
+            engine,
+            setup.primals,
+            plan,
+            request.out,
+            meta,
+            chunk,
+            session,
+            timings.sync,
+            request.command,
+            record,
+        )
+    finally:
+        session.close()
+    timings.phases.append(Phase("steady-state compute", [report["compute_s"]], is_series=True))
+    timings.series(
+        "function alone",
+        lambda: evaluate(setup.fn, setup.primals, None, request.engine, request.randomness),
+        request.repeat,
+        request.warmup,
+    )
+    timings.phases.append(Phase("write", [report["write_s"]]))
+    ranks = f"; {session.world} ranks, the times are rank 0's share" if session.world > 1 else ""
+    if distributed.launched():
+        memory_note = f"memory: streamed to {request.out}, colours shared over {session.world} ranks"
+    else:
+        memory_note = streamed.note(plan, chunk, request.out, problem.m, problem.n, itemsize, allowed, where)
+    timings.footer["memory"] = f"{memory_note}; steady-state compute is that one run, not repeated{ranks}"
+    timings.footer["mode"] = why
+    footer(timings, request.command, engine_label, setup)
+    key = ", ".join(meta.keys)
+    dtype = report["dtype"]
+    outcome = Outcome({}, {}, {key: dtype}, timings)
+    outcome.streamed = Streamed(
+        key, request.out, (nnz,), dtype, report["non_finite"], chunks=report["chunks"]
+    )
+    return outcome
+
+
+def _steady(request: Any, setup: Any, compute: Any, values_of: Any, values: Any) -> tuple[Any, str]:
+    """The steady-state callable and its label: the traced (or compiled) graph, else ``compute``."""
+    from jaccli.sparse import kernel
+
+    timings = setup.timings
+    if setup.profile is not None and setup.profile.changes_state:
+        timings.notes.append(
+            "--sparse: the function changes state it reads (a module's buffers); the steady state "
+            "ran eager, not traced" + ("; --compile was not used" if request.compile else "")
+        )
+        return compute, ""
+    with timings.phase("compile" if request.compile else "trace"):
+        cap = None if request.max_memory is None else max(1, request.max_memory // 16)  # folded constants
+        steady, why, label = kernel.trace(
+            values_of, setup.primals, values, compile=request.compile, fold_cap=cap
+        )
+    if steady is None:
+        timings.notes.append(
+            f"--sparse: the steady state ran eager: {why}"
+            + ("; --compile was not used" if request.compile else "")
+        )
+        return compute, ""
+    if why is not None:
+        timings.notes.append(f"--sparse --compile: {why}")
+    return steady, label
 
 
 def _product_name(mode: str) -> str:

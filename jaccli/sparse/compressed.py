@@ -105,6 +105,8 @@ class Compressed:
             leaves = [
                 x for x in leaves if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
             ]
+            if len(leaves) == 1:
+                return leaves[0].reshape(-1)
             return torch.cat([x.reshape(-1) for x in leaves]) if leaves else torch.zeros(0)
 
         return flat
@@ -121,7 +123,8 @@ class Compressed:
         if self.plan.pattern.nnz == 0 or self.plan.count == 0:
             dtype = primals[self.argnums[0]].dtype
             return torch.zeros(self.plan.pattern.nnz, dtype=dtype, device=primals[self.argnums[0]].device)
-        products = torch.cat([self._products(primals, chunk) for chunk in self._chunks()], 0)
+        blocks = [self._products(primals, chunk) for chunk in self._chunks()]
+        products = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 0)
         return torch.index_select(products.reshape(-1), 0, self.plan.take.to(products.device))
 
     def _products(self, primals: Sequence[Any], chunk: list[int]) -> Any:
@@ -176,8 +179,13 @@ def chunk_for(budget: int | None, colours: int, m: int, n: int, itemsize: int) -
     """Colours per vmapped batch so that the products stay within ``budget`` bytes (None: all)."""
     if budget is None or colours == 0:
         return None
-    per = max(1, (m + 2 * n) * itemsize * 4)  # seeds, products and the transform's workspace
+    per = work_per_colour(m, n, itemsize)
     return max(1, min(colours, budget // per)) if budget // per < colours else None
+
+
+def work_per_colour(m: int, n: int, itemsize: int) -> int:
+    """Bytes one colour's product takes while computed: seeds, product, transform's workspace."""
+    return max(1, (m + 2 * n) * itemsize * 4)
 
 
 def numel(shape: Sequence[int]) -> int:

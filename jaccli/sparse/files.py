@@ -85,16 +85,11 @@ def _require_scipy() -> None:
         raise InputError("--sparse needs scipy: pip install 'jaccli[sparse]'") from None
 
 
-def save_result(fh: IO[bytes], result: SparseResult, record: dict | None = None) -> None:
+def meta_arrays(result: SparseResult) -> dict[str, Any]:
+    """The arrays beside scipy's (block names, colours, mode) in a result's .npz."""
     import numpy as np
 
-    m = result.matrix.tocsr()
     arrays = {
-        "format": np.array("csr"),
-        "shape": np.array(m.shape),
-        "data": m.data,
-        "indices": m.indices,
-        "indptr": m.indptr,
         "keys": np.array(result.keys, dtype=str),
         "row_offsets": np.array(result.row_offsets, dtype=np.int64),
         "column_offsets": np.array(result.column_offsets, dtype=np.int64),
@@ -105,6 +100,21 @@ def save_result(fh: IO[bytes], result: SparseResult, record: dict | None = None)
     }
     if result.samples is not None:
         arrays["samples"] = np.array(result.samples)
+    return arrays
+
+
+def save_result(fh: IO[bytes], result: SparseResult, record: dict | None = None) -> None:
+    import numpy as np
+
+    m = result.matrix.tocsr()
+    arrays = {
+        "format": np.array("csr"),
+        "shape": np.array(m.shape),
+        "data": m.data,
+        "indices": m.indices,
+        "indptr": m.indptr,
+        **meta_arrays(result),
+    }
     _add_record(arrays, record)
     np.savez(fh, **arrays)
 

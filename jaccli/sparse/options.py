@@ -9,7 +9,9 @@ sparse_options = [
         "--sparse",
         is_flag=True,
         help="Detect the sparsity pattern, colour it and compute one product per colour; the result "
-        "is a scipy.sparse matrix (-o J.npz: scipy.sparse.save_npz, CSR; needs jaccli[sparse]).",
+        "is a scipy.sparse matrix (-o J.npz: scipy.sparse.save_npz, CSR; needs jaccli[sparse]). "
+        "Written a block of colours at a time when it would not fit in --max-memory; under "
+        "torchrun the colours shard over the ranks.",
     ),
     click.option(
         "--sparsity",
