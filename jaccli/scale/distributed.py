@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from jaccli.errors import FunctionError
+
 DEFAULT_TIMEOUT_S = 1800
 
 
@@ -115,3 +117,27 @@ class Single:
 
     def close(self) -> None:
         pass
+
+
+def fill_shared_file(
+    session: Any, writer: Any, error: BaseException | None, shared: Any, attach: Any, fill: Any
+) -> tuple[Any, BaseException | None]:
+    """Every rank writes its share into the temporary file rank 0 created: ``shared`` is what
+    rank 0 tells the others (None elsewhere), ``attach(shared)`` opens that file on the other
+    ranks, ``fill(writer)`` writes this rank's share. Every rank reaches the same exchange
+    whatever failed before or fails here (the error is returned, for the failure flags that
+    follow); Ctrl-C or SIGTERM discards rank 0's file and waits for no one."""
+    shared = session.share(shared)
+    try:
+        if error is None and shared is None:
+            raise FunctionError("another process failed before the file was created; nothing was written")
+        if error is None:
+            writer = writer or attach(shared)
+            fill(writer)
+    except Exception as exc:  # noqa: BLE001 - every rank must still reach the exchanges
+        error = error or exc
+    except BaseException:
+        if session.rank == 0 and writer is not None:
+            writer.discard()
+        raise
+    return writer, error

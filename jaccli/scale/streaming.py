@@ -115,6 +115,7 @@ def to_file(
     and no file appears.
     """
     from jaccli.io.npyfile import NpyWriter
+    from jaccli.scale.distributed import fill_shared_file
 
     report = Streamed(key, path, tuple(shape), "")
     writer, error, dtype = None, None, None
@@ -127,19 +128,14 @@ def to_file(
             writer = NpyWriter(path, shape, block.n_in, dtype)
     except Exception as exc:  # noqa: BLE001 - every rank must still reach the exchanges
         error = exc
-    temp = session.share(writer.temp if writer else None)
-    try:
-        if error is None and temp is None:
-            raise FunctionError("another process failed before the file was created; nothing was written")
-        if error is None:
-            writer = writer or NpyWriter(path, shape, block.n_in, dtype, temp=temp)
-            _fill(block, writer, session, chunk, report, sync)
-    except Exception as exc:  # noqa: BLE001
-        error = error or exc
-    except BaseException:  # Ctrl-C, SIGTERM: leave nothing behind, wait for no one
-        if session.rank == 0 and writer is not None:
-            writer.discard()
-        raise
+    writer, error = fill_shared_file(
+        session,
+        writer,
+        error,
+        writer.temp if writer else None,
+        lambda temp: NpyWriter(path, shape, block.n_in, dtype, temp=temp),
+        lambda writer: _fill(block, writer, session, chunk, report, sync),
+    )
     failed, nan, inf = session.total([float(error is not None), *report.non_finite])
     report.non_finite = (int(nan), int(inf))
     if session.rank == 0 and writer is not None:

@@ -100,6 +100,7 @@ def write(
     import numpy as np
 
     from jaccli.io.npyfile import NpyWriter
+    from jaccli.scale.distributed import fill_shared_file
 
     report = {"compute_s": 0.0, "write_s": 0.0, "chunks": 0, "non_finite": (0, 0), "dtype": ""}
     report["command"] = command
@@ -116,19 +117,14 @@ def write(
             writer = NpyWriter(path + ".data", (nnz,), 1, dtype)
     except Exception as exc:  # noqa: BLE001 - every rank must still reach the exchanges
         error = exc
-    temp = session.share((writer.temp, str(writer.dtype)) if writer else None)
-    try:
-        if error is None and temp is None:
-            raise FunctionError("another process failed before the file was created; nothing was written")
-        if error is None:
-            writer = writer or NpyWriter(path + ".data", (nnz,), 1, np.dtype(temp[1]), temp=temp[0])
-            _fill(engine, primals, plan, writer, blocks, first, report, sync, session.rank == 0)
-    except Exception as exc:  # noqa: BLE001
-        error = error or exc
-    except BaseException:  # Ctrl-C, SIGTERM: leave nothing behind, wait for no one
-        if session.rank == 0 and writer is not None:
-            writer.discard()
-        raise
+    writer, error = fill_shared_file(
+        session,
+        writer,
+        error,
+        (writer.temp, str(writer.dtype)) if writer else None,
+        lambda temp: NpyWriter(path + ".data", (nnz,), 1, np.dtype(temp[1]), temp=temp[0]),
+        lambda writer: _fill(engine, primals, plan, writer, blocks, first, report, sync, session.rank == 0),
+    )
     failed, nan, inf = session.total([float(error is not None), *report["non_finite"]])
     report["non_finite"] = (int(nan), int(inf))
     if session.rank == 0 and writer is not None:
