@@ -14,7 +14,7 @@ Dynamo) 15 us, and Inductor's compiled graph called directly 8.7 us (eager torch
    where view copies would each cost an operator call) and with Inductor's decompositions,
    to an aten graph whose inputs are the primals, tangents and cotangents;
 2. folds away the zero tangents forward mode gives what it does not differentiate
-   (:func:`_drop_zero_terms`) and compiles the graph with Inductor's ``compile_fx_inner``
+   (:func:`drop_zero_terms`) and compiles the graph with Inductor's ``compile_fx_inner``
    (C++ on the CPU, Triton on CUDA);
 3. calls it once through Inductor's wrapper, checks the results against the uncompiled
    first call's, and from then on calls the generated code directly, rebuilding the result
@@ -61,9 +61,9 @@ def compile_router(router: Any, tree: dict[str, Any], timings: Timings) -> tuple
         try:
             call = _compile(router)
             compiled_tree = call()
-            problem = _difference(compiled_tree, tree)
+            problem = difference(compiled_tree, tree)
         except Exception as exc:  # any failure to trace or compile: run uncompiled, and say why
-            problem = _first_sentence(describe(exc))
+            problem = first_sentence(describe(exc))
     if problem is not None:
         timings.notes.append(f"could not be compiled ({problem}); ran uncompiled")
         return router, tree, router.label
@@ -79,7 +79,7 @@ def _compile(router: Any) -> Callable[[], Any]:
     from torch.utils._pytree import tree_flatten, tree_unflatten
 
     # Every tensor the transform reads becomes a graph input, so none is baked in as a constant;
-    # detached, because the graph computes the derivatives itself (see _detach_constants).
+    # detached, because the graph computes the derivatives itself (see detach_constants).
     extra = {k: router.options[k] for k in ("tangents", "cotangents") if router.options.get(k) is not None}
     leaves, in_spec = tree_flatten((list(router.primals), extra))
     inputs = [leaf.detach() for leaf in leaves]
@@ -93,9 +93,9 @@ def _compile(router: Any) -> Callable[[], Any]:
 
     functional = torch.func.functionalize(flat, remove="mutations")  # views stay: Inductor fuses them
     graph = make_fx(functional, decomposition_table=select_decomp_table())(*inputs)
-    _drop_zero_terms(graph)
-    _drop_dead_code(graph)
-    _detach_constants(graph)
+    drop_zero_terms(graph)
+    drop_dead_code(graph)
+    detach_constants(graph)
     compiled = compile_fx_inner(graph, inputs, is_inference=True)
     rebuild = trees.rebuilder(structure[-1])
     run_graph = getattr(compiled, "current_callable", None) or compiled
@@ -113,7 +113,7 @@ def _compile(router: Any) -> Callable[[], Any]:
 
 
 def _zero_ops() -> tuple[set, set, set]:
-    """aten ops by how a zero operand passes through them (see :func:`_drop_zero_terms`)."""
+    """aten ops by how a zero operand passes through them (see :func:`drop_zero_terms`)."""
     import torch
 
     aten, prims = torch.ops.aten, torch.ops.prims
@@ -130,7 +130,7 @@ def _zero_ops() -> tuple[set, set, set]:
     return sources, keeping, products
 
 
-def _drop_zero_terms(graph: Any) -> None:
+def drop_zero_terms(graph: Any) -> None:
     """Fold away the zeros forward mode traces for tensors it does not differentiate.
 
     Eager forward mode gives a module's weights "efficient zero" tangents and skips the
@@ -183,7 +183,7 @@ def _replace_if_same(node: Any, other: Any, value: Any) -> None:
         node.replace_all_uses_with(other)
 
 
-def _detach_constants(graph: Any) -> None:
+def detach_constants(graph: Any) -> None:
     """A module's parameters enter the traced graph as constants that still require grad;
     nothing records autograd history in the compiled graph, and Inductor's out= kernels
     refuse such tensors, so they become plain buffers."""
@@ -197,7 +197,7 @@ def _detach_constants(graph: Any) -> None:
                 graph.register_buffer(node.target, value.detach())
 
 
-def _first_sentence(text: str, limit: int = 160) -> str:
+def first_sentence(text: str, limit: int = 160) -> str:
     """Torch's compile errors run to paragraphs: the note keeps their first sentence."""
     for end in (". ", "! "):
         if end in text:
@@ -205,7 +205,7 @@ def _first_sentence(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _drop_dead_code(graph: Any) -> None:
+def drop_dead_code(graph: Any) -> None:
     """Remove unused nodes, including the shape checks torch.func leaves in a traced graph
     (``aten.is_same_size`` and friends return bools, which Inductor cannot lower)."""
     import torch
@@ -221,7 +221,7 @@ def _drop_dead_code(graph: Any) -> None:
     graph.recompile()
 
 
-def _difference(got: Any, want: Any) -> str | None:
+def difference(got: Any, want: Any) -> str | None:
     """Why the compiled results are not the uncompiled ones (None when they agree)."""
     import torch
 

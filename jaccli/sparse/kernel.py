@@ -59,7 +59,7 @@ def trace(
 
     import torch
 
-    from jaccli.autodiff.compiled import _difference, _first_sentence
+    from jaccli.autodiff.compiled import difference, first_sentence
     from jaccli.errors import describe
 
     tensors = [p.detach() for p in primals]
@@ -77,7 +77,7 @@ def trace(
                 run = graph.forward
                 got = run(*tensors)[0]
     except Exception as exc:  # noqa: BLE001 - any failure: the steady state stays eager
-        return None, f"it could not be traced ({_first_sentence(describe(exc))})", ""
+        return None, f"it could not be traced ({first_sentence(describe(exc))})", ""
     if not _agrees(got, want):
         return None, "the traced graph did not reproduce the eager values", ""
     kernel, label = _call(run, tensors), TRACED
@@ -90,9 +90,9 @@ def trace(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compiled = _inductor(compute, tensors, cap)
-            problem = _difference({"values": compiled()}, {"values": want})
+            problem = difference({"values": compiled()}, {"values": want})
     except Exception as exc:  # noqa: BLE001 - Inductor failed: the traced graph still serves
-        problem = _first_sentence(describe(exc))
+        problem = first_sentence(describe(exc))
     if problem is not None:
         return kernel, f"could not be compiled ({problem}); ran the traced graph uncompiled", label
     label = "traced to one aten graph (make_fx), compiled by TorchInductor"
@@ -181,9 +181,9 @@ def _graph(compute: Callable[..., Any], tensors: list, decompose: bool, cap: int
         table = select_decomp_table()
     functional = torch.func.functionalize(flat, remove="mutations")
     graph = make_fx(functional, decomposition_table=table)(*tensors)
-    compiled._drop_zero_terms(graph)
-    compiled._drop_dead_code(graph)
-    compiled._detach_constants(graph)
+    compiled.drop_zero_terms(graph)
+    compiled.drop_dead_code(graph)
+    compiled.detach_constants(graph)
     fold_constants(graph, cap)
     simplify(graph)
     if not decompose:  # the eager graph; Inductor plans its own buffers
