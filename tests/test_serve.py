@@ -594,3 +594,15 @@ def test_no_socket_means_in_process_without_importing_socket(tmp_path, monkeypat
         timeout=120,
     )
     assert probe.stdout.strip() == b"[]", probe.stderr
+
+
+def test_the_compatibility_key_covers_every_module_of_the_package():
+    """A server runs the code it imported: an edit to any of jac's modules (not only cli/'s)
+    must make clients refuse it, so the key names the package and its newest source."""
+    from jaccli.cli.client import compat_key
+
+    key = compat_key()
+    package = ROOT / "jaccli"
+    assert Path(key["jaccli"]) == package
+    newest = max(p.stat().st_mtime_ns for p in package.rglob("*.py"))
+    assert key["jaccli_stamp"] == newest

@@ -60,13 +60,24 @@ def make_private(folder: str) -> str:
     return folder
 
 
+def _newest_source(package: str) -> int:
+    """The newest modification time of the package's ``.py`` files, subpackages included."""
+    newest = 0
+    for folder, subfolders, files in os.walk(package):
+        subfolders[:] = [s for s in subfolders if s != "__pycache__"]
+        for name in files:
+            if name.endswith(".py"):
+                newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
+    return newest
+
+
 def compat_key() -> dict:
     """What a server must share with this client: jac (version, folder, newest source), Python, torch.
 
     Found without importing anything: torch's ``version.py`` is looked up along ``sys.path``.
     """
-    package = os.path.dirname(os.path.abspath(__file__))
-    newest = max((e.stat().st_mtime_ns for e in os.scandir(package) if e.name.endswith(".py")), default=0)
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # jaccli/, not jaccli/cli/
+    newest = _newest_source(package)
     torch_file, torch_version, torch_stamp = "", "", 0
     for entry in sys.path:
         candidate = os.path.join(entry or os.getcwd(), "torch", "version.py")

@@ -106,10 +106,10 @@ def _expanded(tensor: Any, k: int) -> Any:
 
 def run_directions(request: Any) -> Any:
     """The whole command (called by jaccli.pipeline.run): an Outcome keyed as plain jvp/vjp, K leading."""
-
     from jaccli.autodiff import modules, transforms
     from jaccli.autodiff.routing import evaluate
     from jaccli.io import arguments
+    from jaccli.pipeline.compute import function_alone
     from jaccli.pipeline.delivery import footer, host_array
     from jaccli.pipeline.problem import disciplined, load
     from jaccli.pipeline.request import Outcome
@@ -122,24 +122,18 @@ def run_directions(request: Any) -> Any:
         output, aux = transforms.call_function(
             lambda *p: evaluate(fn, p, batch, request.engine, request.randomness), primals, request.has_aux
         )
+    option, short = ("--tangents", "-t") if command == "jvp" else ("--cotangents", "-u")
+    sources = setup.tangent_sources if command == "jvp" else setup.cotangent_sources
+    if not sources:
+        raise InputError(
+            f"--directions {k} needs {option}/{short}: a file whose arrays lead with {k} directions, "
+            f"or a generator ({short} randn)"
+        )
+    leading_axis(sources, k, option)
     if command == "jvp":
-        sources = setup.tangent_sources
-        if not sources:
-            raise InputError(
-                f"--directions {k} needs --tangents/-t: a file whose arrays lead with {k} directions, "
-                f"or a generator (-t randn)"
-            )
-        leading_axis(sources, k, "--tangents")
         like = [_expanded(p, k) for p in primals]
         directions = arguments.tangent_tensors(sources, like, rng, names, "jvp")
     else:
-        sources = setup.cotangent_sources
-        if not sources:
-            raise InputError(
-                f"--directions {k} needs --cotangents/-u: a file whose arrays lead with {k} directions, "
-                f"or a generator (-u randn)"
-            )
-        leading_axis(sources, k, "--cotangents")
         directions = arguments.cotangent_tree(
             sources, trees.map_leaves(lambda t: _expanded(t, k), output), rng
         )
@@ -177,12 +171,7 @@ def run_directions(request: Any) -> Any:
         timings.footer["memory"] = f"memory: computed in chunks of {plan.chunk} directions ({plan.why})"
     first = timings.get("first call").times[0]
     timings.series("steady-state compute", compute.run, request.repeat, request.warmup, per_run_s=first)
-    timings.series(
-        "function alone",
-        lambda: evaluate(fn, primals, batch, request.engine, request.randomness),
-        request.repeat,
-        request.warmup,
-    )
+    function_alone(request, setup)
     with timings.phase("move to host"):
         whole = {"output": output, command: tree}
         if request.has_aux:
@@ -284,8 +273,8 @@ def _stream(
     straight into ``-o R.npy`` (no repeats: each would recompute and rewrite the whole result)."""
     import numpy as np
 
-    from jaccli.autodiff.routing import evaluate
     from jaccli.io.npyfile import NpyWriter, check_room
+    from jaccli.pipeline.compute import function_alone
     from jaccli.pipeline.delivery import footer, host_array
     from jaccli.pipeline.request import Outcome
     from jaccli.report import progress
@@ -331,12 +320,7 @@ def _stream(
         raise
     report.non_finite = (nan, inf)
     timings.phases.append(Phase("steady-state compute", [report.compute_s], is_series=True))
-    timings.series(
-        "function alone",
-        lambda: evaluate(setup.fn, setup.primals, request.batch_dim, request.engine, request.randomness),
-        request.repeat,
-        request.warmup,
-    )
+    function_alone(request, setup)
     timings.phases.append(Phase("write", [report.write_s]))
     timings.footer["memory"] = (
         f"memory: streamed to {request.out} in chunks of {chunk} directions ({plan.why}); "

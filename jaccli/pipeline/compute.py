@@ -81,12 +81,13 @@ def compute(request: Request, problem: Problem, plan: Plan) -> Result:
         steady, tree, engine = compile_router(router, tree, timings)
     first = timings.get("first call").times[0]
     timings.series("steady-state compute", steady, request.repeat, request.warmup, per_run_s=first)
-    _function_alone(request, problem, per_run_s=timings.get("function, first call").times[0])
+    function_alone(request, problem, per_run_s=timings.get("function, first call").times[0])
     return Result(tree, engine, mode_note)
 
 
-def _function_alone(request: Request, problem: Problem, per_run_s: float | None = None) -> None:
-    """The primal evaluation, timed as the steady state is (only if cheap: see report.timing)."""
+def function_alone(request: Request, problem: Problem, per_run_s: float | None = None) -> None:
+    """The primal evaluation, timed as the steady state is (only if cheap: see report.timing);
+    every derivative command's table has this row."""
     from jaccli.autodiff.routing import evaluate
 
     problem.timings.series(
@@ -164,7 +165,7 @@ def _stream(request: Request, problem: Problem, plan: Plan) -> Result:
         session.close()
     timings.notes.extend(report.fallbacks)
     timings.phases.append(Phase("steady-state compute", [report.compute_s], is_series=True))
-    _function_alone(request, problem)
+    function_alone(request, problem)
     timings.phases.append(Phase("write", [report.write_s]))
     ranks = f"; {session.world} ranks, the times are rank 0's share" if session.world > 1 else ""
     timings.footer["memory"] = (

@@ -147,7 +147,7 @@ def _star(adj: Any, order: Any) -> Any:
                         if y != w and colour[y] == cw:
                             forbidden[cx] = v
                             break
-        c = 0
+        c = 0  # the first free colour, inline as in _greedy (a call per vertex: +20% at n = 1e6)
         while c < len(forbidden) and forbidden[c] == v:
             c += 1
         if c == len(forbidden):

@@ -8,7 +8,6 @@ become a ``scipy.sparse`` CSR matrix.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import IO, Any, BinaryIO
 
@@ -18,7 +17,6 @@ from jaccli.sparse import compressed
 from jaccli.sparse.files import SparseResult
 
 SPARSE_COMMANDS = ("jacfwd", "jacrev", "jacobian", "hessian")
-_NAMES = {"forward": "forward", "reverse": "reverse", "symmetric": "symmetric"}
 TRACED = "traced (make_fx)"  # the engine of jac sparsity
 
 
@@ -206,11 +204,13 @@ def _keys(request: Any, problem: Problem) -> tuple[list[str], list[int], list[in
 
 def run_sparse(request: Any) -> Any:
     """``jac jacobian|jacfwd|jacrev|hessian --sparse``: an Outcome whose ``sparse`` holds the result."""
+    from jaccli.pipeline.compute import function_alone
+    from jaccli.pipeline.delivery import host_array
+
     _validate(request, SPARSE_COMMANDS, torchrun=True)
     import scipy.sparse as sp
     import torch
 
-    from jaccli.autodiff.routing import evaluate
     from jaccli.pipeline.delivery import footer
     from jaccli.pipeline.request import Outcome, check_request
 
@@ -286,18 +286,9 @@ def run_sparse(request: Any) -> Any:
     if request.repeat or request.compile:  # steady-state runs asked for: worth a trace
         steady, label = _steady(request, setup, compute, values_of, values)
     timings.series("steady-state compute", steady, request.repeat, request.warmup, per_run_s=first)
-    timings.series(
-        "function alone",
-        lambda: evaluate(setup.fn, primals, batch, request.engine, request.randomness),
-        request.repeat,
-        request.warmup,
-    )
+    function_alone(request, setup)
     with timings.phase("move to host"):
-        host = values.detach().cpu()
-        dtype = str(host.dtype).replace("torch.", "")
-        if host.dtype == torch.bfloat16:
-            host = host.float()
-        host = host.numpy()
+        host, dtype = host_array(values, "the sparse values")
         p = plan.pattern
         if batch is None:
             matrix = sp.csr_matrix((host, p.indices, p.indptr), shape=p.shape)
@@ -351,8 +342,8 @@ def _run_streamed(
     request: Any, problem: Problem, plan: Any, engine: Any, meta: SparseResult, itemsize: int, why: str
 ) -> Any:
     """Compute into ``-o PATH.npz`` a block of colours at a time; colours shard over torchrun's ranks."""
-    from jaccli.autodiff.routing import evaluate
     from jaccli.io.npyfile import check_room
+    from jaccli.pipeline.compute import function_alone
     from jaccli.pipeline.delivery import footer
     from jaccli.pipeline.request import Outcome
     from jaccli.report.record import for_output
@@ -394,12 +385,7 @@ def _run_streamed(
     finally:
         session.close()
     timings.phases.append(Phase("steady-state compute", [report["compute_s"]], is_series=True))
-    timings.series(
-        "function alone",
-        lambda: evaluate(setup.fn, setup.primals, None, request.engine, request.randomness),
-        request.repeat,
-        request.warmup,
-    )
+    function_alone(request, setup)  # --batch-dim is refused when streaming
     timings.phases.append(Phase("write", [report["write_s"]]))
     ranks = f"; {session.world} ranks, the times are rank 0's share" if session.world > 1 else ""
     if distributed.launched():
@@ -482,8 +468,6 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
     import contextlib
     import sys
 
-    import torch
-
     from jaccli.pipeline.delivery import footer
 
     request = replace(request, command="hessian" if hessian else "jacobian")
@@ -507,7 +491,7 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
     if request.sparsity:
         raise InputError("jac sparsity detects a pattern; --sparsity gives one: leave it out")
     with contextlib.redirect_stdout(sys.stderr):
-        problem = _problem(replace(request, command="hessian" if hessian else "jacobian"), SPARSE_COMMANDS)
+        problem = _problem(request, SPARSE_COMMANDS)
         timings = problem.setup.timings
         pattern, _, fallbacks = _pattern(request, problem, hessian)
         with timings.phase("colour"):
@@ -534,7 +518,6 @@ def run_pattern(request: Any, hessian: bool, stdout: BinaryIO | None = None) -> 
         setup = problem.setup
         timings.series("function alone", lambda: setup.fn(*setup.primals), request.repeat, request.warmup)
         footer(timings, "sparsity", TRACED, setup)
-        del torch
     m, n = pattern.shape
     summary = {
         "kind": "hessian" if hessian else "jacobian",
@@ -574,7 +557,3 @@ def render_pattern(stream: IO[str], outcome: PatternOutcome, fmt: str) -> None:
     fell = ", ".join(s["fallbacks"]) if s["fallbacks"] else "none"
     stream.write(f"ops without a rule (depend on all they read): {fell}\n")
     stream.flush()
-
-
-def total(shape: Any) -> int:
-    return math.prod(shape)

@@ -14,7 +14,6 @@ the values come out in the CSR order of the pattern, which is also the result's 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -186,7 +185,3 @@ def chunk_for(budget: int | None, colours: int, m: int, n: int, itemsize: int) -
 def work_per_colour(m: int, n: int, itemsize: int) -> int:
     """Bytes one colour's product takes while computed: seeds, product, transform's workspace."""
     return max(1, (m + 2 * n) * itemsize * 4)
-
-
-def numel(shape: Sequence[int]) -> int:
-    return math.prod(shape)

@@ -860,8 +860,6 @@ class _Walker:
 
     # -- second order --
     def _nonlinear(self, target: Any, args: Any, kwargs: Any) -> bool:
-        import torch
-
         t = _tables()
         name = getattr(getattr(target, "_overloadpacket", None), "__name__", "")
         dep = [isinstance(a, _Dep) and a.floating for a in args]
@@ -878,7 +876,6 @@ class _Walker:
             return dep[0] and dep[1]
         if target in t["linear"]:
             return False
-        del torch
         return True
 
     def _add_second(self, rows: Any) -> None:

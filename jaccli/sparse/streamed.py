@@ -49,14 +49,6 @@ def in_memory_bytes(plan: Any, m: int, n: int, itemsize: int, samples: int = 1) 
     return products + work_per_colour(m, n, itemsize) + 3 * values
 
 
-def streamed_bytes(plan: Any, m: int, n: int, itemsize: int, chunk: int) -> int:
-    """Peak estimate of streaming ``chunk`` colours at a time (the pattern itself aside)."""
-    from jaccli.sparse.compressed import work_per_colour
-
-    block = chunk * (product_rows(plan) * itemsize + work_per_colour(m, n, itemsize))
-    return block + min(BAND_BYTES, plan.pattern.nnz * itemsize)
-
-
 def colour_chunk(plan: Any, m: int, n: int, itemsize: int, allowed: int, asked: int | None) -> int:
     """Colours per block when streaming: as many as fit in ``allowed`` (at least one)."""
     from jaccli.sparse.compressed import work_per_colour
@@ -144,11 +136,9 @@ def write(
 
 def _host_dtype(tensor: Any) -> Any:
     """The numpy dtype the values are written in (bfloat16 as float32, as in memory)."""
-    import torch
+    from jaccli.pipeline.delivery import host_array
 
-    if tensor.dtype == torch.bfloat16:
-        return torch.empty(0, dtype=torch.float32).numpy().dtype
-    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
+    return host_array(tensor.reshape(-1)[:0], "the sparse values")[0].dtype
 
 
 def _block(engine: Any, primals: Any, block: tuple[int, int], report: dict, sync: Callable[[], None]) -> Any:
@@ -176,6 +166,8 @@ def _fill(
     import numpy as np
     import torch
 
+    from jaccli.pipeline.delivery import host_array
+
     order, bounds = _order(plan)
     take = plan.take.numpy()
     rows = product_rows(plan)
@@ -189,10 +181,7 @@ def _fill(
             if positions.size:
                 where = torch.from_numpy(take[positions] - a * rows)
                 values = torch.index_select(products.reshape(-1), 0, where.to(products.device))
-                values = values.detach().cpu()
-                if values.dtype == torch.bfloat16:
-                    values = values.float()
-                values = values.numpy().astype(writer.dtype, copy=False)
+                values = host_array(values, "the sparse values")[0].astype(writer.dtype, copy=False)
                 if values.dtype.kind in "fc":
                     nan += int(np.isnan(values).sum())
                     inf += int(np.isinf(values).sum())
