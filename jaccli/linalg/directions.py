@@ -107,7 +107,6 @@ def _expanded(tensor: Any, k: int) -> Any:
 def run_directions(request: Any) -> Any:
     """The whole command (called by jaccli.pipeline.run): an Outcome keyed as plain jvp/vjp, K leading."""
     from jaccli.autodiff import modules, transforms
-    from jaccli.autodiff.routing import evaluate
     from jaccli.io import arguments
     from jaccli.pipeline.compute import function_alone
     from jaccli.pipeline.delivery import footer, host_array
@@ -116,12 +115,9 @@ def run_directions(request: Any) -> Any:
 
     check_request(request)
     command, k, batch = request.command, request.n_directions, request.batch_dim
-    setup = disciplined(load(request, ("jvp", "vjp")), request)
+    setup = disciplined(load(request, ("jvp", "vjp")), request, batched=True)
     fn, primals, names, timings, rng = setup.fn, setup.primals, setup.names, setup.timings, setup.rng
-    with timings.phase("function, first call"):
-        output, aux = transforms.call_function(
-            lambda *p: evaluate(fn, p, batch, request.engine, request.randomness), primals, request.has_aux
-        )
+    output, aux = setup.output, setup.aux
     option, short = ("--tangents", "-t") if command == "jvp" else ("--cotangents", "-u")
     sources = setup.tangent_sources if command == "jvp" else setup.cotangent_sources
     if not sources:

@@ -372,11 +372,11 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
 
     from jaccli.autodiff import transforms
     from jaccli.linalg.operators import HessianOperator, JacobianOperator
-    from jaccli.pipeline.problem import disciplined, load
+    from jaccli.pipeline.problem import argnum_tuple, disciplined, load
 
     setup = disciplined(load(request, ("spectrum",)), request)
     fn, primals, timings, batch = setup.fn, setup.primals, setup.timings, request.batch_dim
-    wrt = setup.argnums if isinstance(setup.argnums, tuple) else (setup.argnums,)
+    wrt = argnum_tuple(setup.argnums)
     samples = (
         [list(primals)]
         if batch is None
@@ -384,8 +384,7 @@ def _run(request: Any, problem: Problem) -> SpectrumOutcome:
     )
     if not samples:
         raise InputError(f"--batch-dim {batch}: the batch is empty; nothing to compute")
-    with timings.phase("function, first call"):
-        output, _ = transforms.call_function(fn, samples[0], request.has_aux)
+    output = setup.output  # of the first sample
     if problem.name == "hessian":
         from jaccli.pipeline.problem import check_scalar
 

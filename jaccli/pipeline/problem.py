@@ -7,7 +7,7 @@ output once.
 wrapped so that every later call sees the inputs the user gave and the ``--seed``-ed stream) and
 fixes the output's structure, hence the cotangents and, later, the result keys. Commands that make
 no first call of their own through a router (check, ``--directions``, spectrum, ``--sparse``)
-take :func:`disciplined` instead.
+take :func:`disciplined`, that first call alone; either way the function is called once here.
 """
 
 from __future__ import annotations
@@ -113,20 +113,10 @@ def evaluate(request: Request, problem: Problem) -> Problem:
     fixes: one sample's shapes, the scalar check of hessian and hvp, vjp's cotangents, and
     ``--strict``'s check that every input reaches the output."""
     from jaccli.autodiff import transforms
-    from jaccli.autodiff.routing import evaluate as call
-    from jaccli.autodiff.trust import first_call
     from jaccli.io import arguments
 
-    primals, batch = problem.primals, request.batch_dim
-    with problem.timings.phase("function, first call"):
-        (output, aux), fn, how = first_call(
-            problem.fn,
-            lambda g: transforms.call_function(
-                lambda *p: call(g, p, batch, request.engine, request.randomness), primals, request.has_aux
-            ),
-            request.seed,
-            problem.state,
-        )
+    problem = disciplined(problem, request, batched=True)
+    primals, batch, output, fn = problem.primals, request.batch_dim, problem.output, problem.fn
     sample_output, sample_primals = per_sample_shapes(output, primals, batch)
     if request.command in ("hessian", "hvp"):
         check_scalar(request.command, sample_output)
@@ -143,33 +133,41 @@ def evaluate(request: Request, problem: Problem) -> Problem:
         )
         first = [p.select(batch, 0) for p in primals] if batch is not None else primals
         transforms.strict_check(fn, first, wrt, request.has_aux)
-    return replace(
-        problem,
-        fn=fn,
-        profile=how,
-        output=output,
-        aux=aux,
-        sample_output=sample_output,
-        sample_primals=sample_primals,
-        cotangents=cotangents,
-    )
+    return replace(problem, sample_output=sample_output, sample_primals=sample_primals, cotangents=cotangents)
 
 
-def disciplined(problem: Problem, request: Request) -> Problem:
-    """``problem`` with its function profiled by one first call (jaccli.autodiff.calls) and
+def disciplined(problem: Problem, request: Request, batched: bool = False) -> Problem:
+    """``problem`` with its function profiled by one first call (jaccli.autodiff.trust) and
     wrapped, so that every later call sees the inputs the user gave and the ``--seed``-ed random
     stream. For the commands that make their own first call without the router's (check,
-    --directions, spectrum, --sparse); a plain function comes back unwrapped."""
-    from jaccli.autodiff import calls, transforms
+    --directions, spectrum, --sparse); a plain function comes back unwrapped. That call's output
+    (and aux) come back on the problem, so the function is not called again for them: of the
+    first sample under --batch-dim, or with ``batched`` of the whole batch (vmapped, as later
+    calls see it)."""
+    from jaccli.autodiff import transforms
+    from jaccli.autodiff.routing import evaluate as call
+    from jaccli.autodiff.trust import first_call
 
-    fn, primals, batch = problem.fn, problem.primals, request.batch_dim
-    if batch is not None:  # the function sees one sample at a time
-        primals = [p.select(batch, 0) for p in primals]
+    primals, batch = problem.primals, request.batch_dim
+    if batched:
+        args = primals
+
+        def function(g: Callable[..., Any]) -> Callable[..., Any]:
+            return lambda *p: call(g, p, batch, request.engine, request.randomness)
+    else:  # the function sees one sample at a time
+        args = [p.select(batch, 0) for p in primals] if batch is not None else primals
+
+        def function(g: Callable[..., Any]) -> Callable[..., Any]:
+            return g
+
     with problem.timings.phase("function, first call"):
-        _, how = transforms.guarded(
-            lambda: calls.profile(fn, primals, request.seed, problem.state), "the function"
+        (output, aux), fn, how = first_call(
+            problem.fn,
+            lambda g: transforms.call_function(function(g), args, request.has_aux),
+            request.seed,
+            problem.state,
         )
-    return replace(problem, fn=calls.disciplined(fn, how, request.seed, problem.state), profile=how)
+    return replace(problem, fn=fn, profile=how, output=output, aux=aux)
 
 
 def sources(values: Sequence[SourceLike], option: str, stdin: Any) -> list:

@@ -54,23 +54,16 @@ class Problem:
 def _problem(request: Any, commands: tuple[str, ...]) -> Problem:
     import torch
 
-    from jaccli.autodiff import transforms
-    from jaccli.autodiff.routing import evaluate
-    from jaccli.pipeline.problem import check_scalar, disciplined, load, per_sample_shapes
+    from jaccli.pipeline.problem import argnum_tuple, check_scalar, disciplined, load
 
     setup = disciplined(load(request, commands), request)
     if setup.profile.random:
         raise InputError("--sparse needs a deterministic function; this one draws random numbers")
-    fn, primals, timings = setup.fn, setup.primals, setup.timings
-    batch = request.batch_dim
-    with timings.phase("function, first call"):
-        output, _ = transforms.call_function(
-            lambda *p: evaluate(fn, p, batch, request.engine, request.randomness), primals, False
-        )
-    sample_output, _ = per_sample_shapes(output, primals, batch)
+    primals, batch = setup.primals, request.batch_dim
+    sample_output = setup.output  # of the first sample under --batch-dim
     if request.command == "hessian" or getattr(request, "_hessian", False):
         check_scalar("hessian", sample_output)
-    argnums = setup.argnums if isinstance(setup.argnums, tuple) else (setup.argnums,)
+    argnums = argnum_tuple(setup.argnums)
     sample = [p.select(batch, 0) for p in primals] if batch is not None else list(primals)
     leaves = [
         (k, t)
