@@ -40,6 +40,9 @@ class Route:
     last_resort: bool = False  # tried only when no other route works (a trial does not time it)
 
 
+_REVERSE_LOOP = Route(  # jacfwd falls back to it too
+    "jacrev", "autograd", "a loop of reverse passes (torch.autograd)", loop=True
+)
 ROUTES: dict[str, list[Route]] = {
     "jvp": [
         Route("jvp", "func", "torch.func.jvp", taxed=True),
@@ -60,11 +63,11 @@ ROUTES: dict[str, list[Route]] = {
     "jacfwd": [
         Route("jacfwd", "func", "torch.func.jacfwd", taxed=True),
         Route("jacrev", "func", "torch.func.jacrev (reverse mode)", taxed=True),
-        Route("jacrev", "autograd", "a loop of reverse passes (torch.autograd)", loop=True),
+        _REVERSE_LOOP,
     ],
     "jacrev": [
         Route("jacrev", "func", "torch.func.jacrev", taxed=True),
-        Route("jacrev", "autograd", "a loop of reverse passes (torch.autograd)", loop=True),
+        _REVERSE_LOOP,
         Route("jacrev-batched", "autograd", "batched reverse passes (torch.autograd)", taxed=True),
     ],
     "hessian": [

@@ -43,30 +43,31 @@ def compute(request: Request, problem: Problem, plan: Plan) -> Result:
         "chunk_size": request.chunk_size,
         "randomness": request.randomness,
     }
-    if profile_note(problem.profile):  # in --timings files, not on stderr: nothing is wrong
-        timings.footer["function"] = profile_note(problem.profile)
-    router = Router(
-        request.command,
-        request.engine,
-        problem.fn,
-        problem.primals,
-        options,
-        batch_dim=request.batch_dim,
-        commands=routes.commands,
-        fallback_commands=routes.fallback,
-        untaxed_first=routes.untaxed_first,
-        loop_ok=routes.loop_ok,
-        trial=routes.trial,
-        sync=timings.sync,
-        output_finite=finite(problem.output),
-    )
+    note = profile_note(problem.profile)
+    if note:  # in --timings files, not on stderr: nothing is wrong
+        timings.footer["function"] = note
+    if plan.memory.how == memory.CHUNKED:
+        router = _chunked(request, problem, plan)
+    else:
+        router = Router(
+            request.command,
+            request.engine,
+            problem.fn,
+            problem.primals,
+            options,
+            batch_dim=request.batch_dim,
+            commands=routes.commands,
+            fallback_commands=routes.fallback,
+            untaxed_first=routes.untaxed_first,
+            loop_ok=routes.loop_ok,
+            trial=routes.trial,
+            sync=timings.sync,
+            output_finite=finite(problem.output),
+        )
     with timings.phase("first call"):
-        if plan.memory.how == memory.CHUNKED:
-            router = _chunked(request, problem, plan)
-            tree = router()
-            timings.footer["memory"] = plan.memory.note()
-        else:
-            tree = router()
+        tree = router()
+    if plan.memory.how == memory.CHUNKED:
+        timings.footer["memory"] = plan.memory.note()
     choice = _choice(router)
     timings.routes = dict(getattr(router, "timed", None) or {})  # for the record (report.record)
     if choice:

@@ -43,9 +43,9 @@ def to_host(request: Request, problem: Problem, plan: Plan, result: Result) -> O
                 for k, i in layout
             ]
         notes = _notes(layout, rename, results, request.flatten, request.batch_dim, result.mode_note)
-        if zero_note(results) and request.batch_dim is None:
-            if left_graph(problem.fn, problem.primals, request.has_aux):
-                timings.remarks.append(zero_note(results))
+        zeros = zero_note(results) if request.batch_dim is None else None
+        if zeros and left_graph(problem.fn, problem.primals, request.has_aux):
+            timings.remarks.append(zeros)
     if result.mode_note:
         timings.footer["mode"] = result.mode_note
     _finish(timings, command, result.engine, problem)

@@ -97,15 +97,16 @@ def record(request: Any, timings: Any = None, **facts: Any) -> dict[str, Any]:
     device = footer.get("device")
     route = footer.get("engine")
     trial = dict(getattr(timings, "routes", None) or {})
+    fields = python_fields(request) if argv is None else None
     doc: dict[str, Any] = {
         "record": VERSION,
         "command": footer.get("command", request.command),
         "argv": list(argv) if argv is not None else None,
         "cwd": cwd,
-        "reproduce": reproduce(argv, cwd) if argv is not None else _python_line(request),
+        "reproduce": reproduce(argv, cwd) if argv is not None else _python_line(request, dict(fields)),
     }
-    if argv is None:
-        doc["python_api"] = python_fields(request)
+    if fields is not None:
+        doc["python_api"] = fields
     doc.update(
         function=function(request.func),
         inputs=inputs(request, argv),
@@ -322,10 +323,10 @@ def _qualified(obj: Any) -> str:
     return f"{getattr(named, '__module__', None) or '?'}:{named.__qualname__}"
 
 
-def _python_line(request: Any) -> str | None:
-    """From Python: the call that reruns it, when every field is plain data (no callable, no
-    arrays); None otherwise (the record's python_api and inputs say what was given)."""
-    fields = python_fields(request)
+def _python_line(request: Any, fields: dict[str, Any]) -> str | None:
+    """From Python: the call that reruns it (``fields``: python_fields, consumed), when every
+    field is plain data (no callable, no arrays); None otherwise (the record's python_api and
+    inputs say what was given)."""
     plain = isinstance(request.func, str) and all(
         isinstance(v, str) for f in ("primals", "tangents", "cotangents") for v in getattr(request, f, ())
     )
